@@ -1,0 +1,36 @@
+# Astra reproduction framework. `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: help install test test-slow lint run tokenizer bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+install:  ## create .venv and install the package with its dev extras (torch pinned by constraints.txt)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
+
+test:  ## run the fast test suite (CPU, offline, temp dirs)
+	$(BIN)/python -m pytest -q
+
+test-slow:  ## run the slow tests too
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+lint:  ## ruff check
+	$(BIN)/ruff check src tests run.py experiments
+
+run:  ## one run: make run ARGS="method=astra task=gsm8k"
+	$(BIN)/python run.py $(ARGS)
+
+tokenizer:  ## rebuild the tiny model's BPE tokenizer from the shipped sample
+	$(BIN)/python -m astra.data.build_tokenizer
+
+bench:  ## run the benchmarks (tables printed, JSON under experiments/bench/results/)
+	$(BIN)/python experiments/bench/step_overhead.py
+
+clean:  ## remove logs and caches (never experiments/results)
+	rm -rf logs .pytest_cache

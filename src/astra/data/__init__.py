@@ -1,0 +1,1 @@
+"""Task data: reading rows, formatting them into prompt/answer pairs, tokenising, batching."""

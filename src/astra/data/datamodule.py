@@ -1,0 +1,123 @@
+"""The Lightning data module: formatting, tokenisation with prompt-masked labels, padding-aware batches."""
+
+from __future__ import annotations
+
+import random
+from functools import partial
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from astra.data.formats import Example, get_formatter
+from astra.data.sources import load_split
+
+IGNORE_INDEX = -100
+
+
+class TokenizedExamples(Dataset):
+    """Tokenised training rows; ``ids[i]`` is the row's index in the source split (for provenance)."""
+
+    def __init__(self, features: list[dict], ids: list[int]):
+        self.features, self.ids = features, ids
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.features[index]
+
+
+def tokenize_example(example: Example, tokenizer, max_length: int) -> dict:
+    """BOS + prompt + answer + EOS, truncated to ``max_length``; labels are -100 on the prompt."""
+    prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    prompt_ids = bos + prompt_ids
+    input_ids = (prompt_ids + answer_ids + [tokenizer.eos_token_id])[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids + [tokenizer.eos_token_id])[:max_length]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def collate(features: list[dict], pad_token_id: int, pad_to: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row (or to ``pad_to``); padding is masked and never a label."""
+    length = pad_to or max(len(feature["input_ids"]) for feature in features)
+    batch = {
+        "input_ids": torch.full((len(features), length), pad_token_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(features), length), dtype=torch.long),
+        "labels": torch.full((len(features), length), IGNORE_INDEX, dtype=torch.long),
+    }
+    for row, feature in enumerate(features):
+        n = len(feature["input_ids"])
+        batch["input_ids"][row, :n] = torch.tensor(feature["input_ids"])
+        batch["attention_mask"][row, :n] = 1
+        batch["labels"][row, :n] = torch.tensor(feature["labels"])
+    return batch
+
+
+class TaskDataModule(pl.LightningDataModule):
+    """Train/validation/calibration loaders for one task; test examples are kept as text for generation."""
+
+    def __init__(self, task_cfg: Any, tokenizer, batch_size: int, seed: int, val_size: int = 0, num_workers: int = 0):
+        super().__init__()
+        self.task_cfg, self.tokenizer = task_cfg, tokenizer
+        self.batch_size, self.seed, self.val_size, self.num_workers = batch_size, seed, val_size, num_workers
+        self.max_length = int(task_cfg.max_length)
+        self.formatter = get_formatter(task_cfg.formatter)
+        self.train_set: Optional[TokenizedExamples] = None
+        self.val_set: Optional[TokenizedExamples] = None
+        self.test_examples: list[Example] = []
+
+    def _format_rows(self, rows: list[dict], split: str) -> list[Example]:
+        examples = []
+        for index, row in enumerate(rows):
+            try:
+                examples.append(self.formatter(row))
+            except (KeyError, ValueError) as error:
+                raise ValueError(f"task {self.task_cfg.name}, {split} row {index}: {error}") from None
+        return examples
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        train_examples = self._format_rows(load_split(self.task_cfg, "train"), "train")
+        features = [tokenize_example(example, self.tokenizer, self.max_length) for example in train_examples]
+        order = list(range(len(features)))
+        random.Random(self.seed).shuffle(order)
+        val_ids, train_ids = sorted(order[: self.val_size]), sorted(order[self.val_size :])
+        self.train_set = TokenizedExamples([features[i] for i in train_ids], train_ids)
+        self.val_set = TokenizedExamples([features[i] for i in val_ids], val_ids) if val_ids else None
+        self.test_examples = self._format_rows(load_split(self.task_cfg, "test"), "test")
+
+    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, pad_to: Optional[int] = None) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator if shuffle else None,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate, pad_token_id=self.tokenizer.pad_token_id, pad_to=pad_to),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True, batch_size=self.batch_size)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, shuffle=False, batch_size=self.batch_size) if self.val_set else []
+
+    def calibration_dataloader(self, n_samples: int, batch_size: int) -> DataLoader:
+        """Exactly ``n_samples`` training rows chosen with the run's seed, every row padded to
+        ``max_length`` as the reference code pads (so batch composition never changes statistics).
+        The chosen source-row ids are at ``loader.dataset.ids``."""
+        self.setup()
+        available = len(self.train_set)
+        if n_samples > available:
+            raise ValueError(
+                f"calibration asks for n_samples={n_samples} rows but task {self.task_cfg.name} has only "
+                f"{available} training rows; lower method.calibration.n_samples or use more data"
+            )
+        picks = sorted(random.Random(self.seed + 1).sample(range(available), n_samples))
+        subset = TokenizedExamples([self.train_set.features[i] for i in picks], [self.train_set.ids[i] for i in picks])
+        return self._loader(subset, shuffle=False, batch_size=batch_size, pad_to=self.max_length)

@@ -1,0 +1,65 @@
+"""The method interface shared by every initialisation.
+
+A method is one YAML in ``conf/method/`` plus (for data-driven or residual inits) one module here.
+The YAML holds:
+
+- ``name``: the method's name, used in result files.
+- ``peft``: keyword arguments for ``peft.LoraConfig`` (``null`` for full fine-tuning).
+- ``calibration``: ``null`` when the method needs no data, else ``{n_samples, batch_size, ...}``;
+  ``run.py`` then builds a calibration loader of exactly ``n_samples`` training rows.
+- ``init``: a Hydra ``_target_`` with ``_partial_: true`` naming an :data:`InitFn` plus its options.
+
+``run.py`` wraps the model with PEFT (``init_lora_weights`` as the YAML says), then calls
+``init(model, calibration_loader, context)``. The callable changes the adapter, and for residual methods
+the frozen base weight, in place, and returns a small JSON-friendly report (plus optional tensors under
+keys starting with ``_``, which are not written to the result file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+ADAPTER = "default"
+
+
+@dataclass
+class InitContext:
+    """What an init callable may need besides the model and the calibration data."""
+
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # Directory for cached calibration statistics; None disables caching.
+    cache_dir: Optional[Path] = None
+    # Identity of the calibration data: model identity, task name, calibration sample ids.
+    # Engines add their own statistics options before hashing it.
+    cache_key: dict[str, Any] = field(default_factory=dict)
+    adapter_name: str = ADAPTER
+
+
+InitFn = Callable[[nn.Module, Optional[torch.utils.data.DataLoader], InitContext], dict]
+
+
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Yield ``(qualified_name, peft LoraLayer)`` for every adapted linear layer, in model order."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and hasattr(module, "base_layer"):
+            yield name, module
+
+
+def keep_peft_init(model: nn.Module, calibration_loader, context: InitContext) -> dict:
+    """Init callable for methods whose whole init is done by PEFT (LoRA, DoRA, PiSSA)."""
+    return {}
+
+
+def full_finetune_init(model: nn.Module, calibration_loader, context: InitContext) -> dict:
+    """Full fine-tuning: every parameter trains, no adapter."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return {}

@@ -1,0 +1,124 @@
+"""Model and tokenizer construction: a tiny seeded LLaMA for offline work, real checkpoints by Hub name."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+log = logging.getLogger(__name__)
+
+TINY_TOKENIZER_FILE = Path(__file__).parent / "assets" / "tiny_bpe_tokenizer.json"
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype={name!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_tiny_tokenizer(tokenizer_file: Path = TINY_TOKENIZER_FILE) -> PreTrainedTokenizerFast:
+    if not Path(tokenizer_file).is_file():
+        raise FileNotFoundError(
+            f"tiny tokenizer file {tokenizer_file} is missing; rebuild it with "
+            "`python -m astra.data.build_tokenizer`"
+        )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), **SPECIAL_TOKENS)
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def build_llama_from_config(seed: int, dtype: torch.dtype = torch.float32, **config: Any) -> LlamaForCausalLM:
+    """A randomly initialised LLaMA-architecture model; ``config`` are ``LlamaConfig`` fields."""
+    llama_config = LlamaConfig(**config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(llama_config)
+    return model.to(dtype)
+
+
+def tiny_llama(seed: int = 0, vocab_size: Optional[int] = None, **overrides: Any) -> LlamaForCausalLM:
+    """The default test/offline model: LLaMA architecture, ~2M parameters, expanding MLP like LLaMA."""
+    config = dict(
+        vocab_size=vocab_size or len(load_tiny_tokenizer()),
+        hidden_size=128,
+        intermediate_size=344,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )
+    config.update(overrides)
+    return build_llama_from_config(seed, **config)
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=timeout)  # noqa: S310 - fixed https endpoint
+        return True
+    except Exception:  # any network failure means "not reachable"
+        return False
+
+
+def _cached_snapshot(hub_id: str) -> Optional[str]:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(hub_id, local_files_only=True)
+    except Exception:
+        return None
+
+
+def resolve_pretrained_location(hub_id: str, path: Optional[str], name: str) -> str:
+    """Where to load a pretrained checkpoint from: ``model.path`` if given, else the Hub (cache first).
+
+    Fails within seconds, naming the override, when neither a local copy nor the Hub is available.
+    """
+    if path:
+        if not Path(path).is_dir():
+            raise FileNotFoundError(
+                f"model.path={path!r} does not exist or is not a directory; point it at a local copy "
+                f"of {hub_id} (a folder with config.json and the weights)"
+            )
+        return str(path)
+    cached = _cached_snapshot(hub_id)
+    if cached:
+        return cached
+    if not _hub_reachable():
+        raise RuntimeError(
+            f"model={name} needs the Hugging Face Hub to download {hub_id!r}, which cannot be reached "
+            f"from here (offline or HF_HUB_OFFLINE=1), and no cached copy exists. Download it elsewhere "
+            f"and pass model.path=/local/dir/with/{hub_id.split('/')[-1]}"
+        )
+    return hub_id
+
+
+def build_model_and_tokenizer(model_cfg: Any, seed: int):
+    """Build ``(model, tokenizer)`` from a ``conf/model/*.yaml`` node. The model is in train mode."""
+    dtype = resolve_dtype(model_cfg.dtype)
+    if model_cfg.get("hub_id"):
+        location = resolve_pretrained_location(model_cfg.hub_id, model_cfg.get("path"), model_cfg.name)
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+        if tokenizer.pad_token is None:  # LLaMA ships without one; the reference code pads with EOS
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        tokenizer = load_tiny_tokenizer()
+        model = build_llama_from_config(seed=seed, dtype=dtype, vocab_size=len(tokenizer), **model_cfg.architecture)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.train()  # from_pretrained returns eval mode; dropout must be live for training
+    return model, tokenizer

@@ -1,0 +1,202 @@
+"""The steps run.py chains: each a plain function a test can call on its own."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from astra.data.datamodule import TaskDataModule
+from astra.methods.base import InitContext, lora_layers
+from astra.training import CausalLMModule
+
+log = logging.getLogger(__name__)
+
+
+def choose_device(trainer_cfg: Any) -> torch.device:
+    accelerator = str(trainer_cfg.lightning.get("accelerator", "auto"))
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def choose_precision(trainer_cfg: Any, device: torch.device) -> str:
+    """``auto``: bf16-mixed on a GPU that supports bf16, full 32-bit otherwise (CPU included)."""
+    precision = str(trainer_cfg.lightning.get("precision", "auto"))
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def build_datamodule(cfg: DictConfig, tokenizer) -> TaskDataModule:
+    datamodule = TaskDataModule(
+        cfg.task,
+        tokenizer,
+        batch_size=cfg.trainer.batch_size,
+        seed=cfg.seed,
+        val_size=cfg.trainer.val_size,
+        num_workers=cfg.trainer.num_workers,
+    )
+    datamodule.setup()
+    return datamodule
+
+
+def check_rank_fits(model: torch.nn.Module, target_modules: list[str], rank: int) -> None:
+    """A rank above min(d_in, d_out) of any target layer is an error, not a silent clamp."""
+    matched = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in set(target_modules):
+            matched += 1
+            limit = min(module.in_features, module.out_features)
+            if rank > limit:
+                raise ValueError(
+                    f"rank={rank} is larger than layer {name} allows ({module.out_features} x "
+                    f"{module.in_features}: at most {limit}); choose rank <= {limit}"
+                )
+    if matched == 0:
+        raise ValueError(f"no nn.Linear layer matches target_modules={list(target_modules)}")
+
+
+def calibration_identity(cfg: DictConfig, loader) -> dict[str, Any]:
+    """What the calibration statistics depend on besides the method's options (cache key)."""
+    return {
+        "model": cfg.model.name,
+        "model_source": cfg.model.get("path") or cfg.model.get("hub_id") or OmegaConf.to_container(cfg.model.architecture),
+        "model_seed": None if cfg.model.get("hub_id") else cfg.seed,
+        "task": cfg.task.name,
+        "task_source": cfg.task.source,
+        "max_length": cfg.task.max_length,
+        "sample_ids": list(loader.dataset.ids),
+        "target_modules": list(cfg.model.target_modules),
+        "rank": cfg.rank,
+    }
+
+
+def apply_method(cfg: DictConfig, model: torch.nn.Module, datamodule: TaskDataModule, device: torch.device):
+    """Wrap with PEFT as the method YAML says, then run its init callable. Returns (model, report)."""
+    method = cfg.method
+    init_fn = hydra.utils.instantiate(method.init)
+    model.to(device)
+    if method.peft is not None:
+        from peft import LoraConfig, get_peft_model
+
+        peft_kwargs = OmegaConf.to_container(method.peft, resolve=True)
+        check_rank_fits(model, peft_kwargs["target_modules"], peft_kwargs["r"])
+        torch.manual_seed(cfg.seed)  # Kaiming init of A and PiSSA's randomized SVD are seeded
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **peft_kwargs))
+    loader, extra = None, {}
+    if method.get("calibration"):
+        loader = datamodule.calibration_dataloader(method.calibration.n_samples, method.calibration.batch_size)
+        extra["n_samples"] = method.calibration.n_samples
+    context = InitContext(
+        seed=cfg.seed,
+        device=device,
+        cache_dir=Path(cfg.paths.cache_dir) if cfg.paths.get("cache_dir") else None,
+        cache_key=calibration_identity(cfg, loader) if loader is not None else {},
+    )
+    torch.manual_seed(cfg.seed)
+    report = init_fn(model, loader, context, **extra) or {}
+    if method.peft is not None and not any(True for _ in lora_layers(model)):
+        raise RuntimeError("PEFT wrapped no layer; check model.target_modules")
+    model.train()
+    return model, report
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total}
+
+
+def build_trainer(cfg: DictConfig, device: torch.device, loggers: list, callbacks: list, run_dir: Path) -> pl.Trainer:
+    kwargs = OmegaConf.to_container(cfg.trainer.lightning, resolve=True)
+    kwargs["precision"] = choose_precision(cfg.trainer, device)
+    if kwargs.get("accelerator", "auto") == "auto":
+        kwargs["accelerator"] = "gpu" if device.type == "cuda" else "cpu"
+    return pl.Trainer(
+        default_root_dir=str(run_dir),
+        logger=loggers or False,
+        callbacks=callbacks,
+        enable_checkpointing=False,  # adapters are exported explicitly; full checkpoints of 7B models are not wanted
+        **kwargs,
+    )
+
+
+def fit(cfg: DictConfig, model, datamodule: TaskDataModule, trainer: pl.Trainer) -> CausalLMModule:
+    module = CausalLMModule(model, cfg.optim)
+    trainer.fit(module, datamodule=datamodule)
+    return module
+
+
+def peak_memory_bytes(device: torch.device) -> dict[str, Optional[int]]:
+    gpu = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    # ru_maxrss is in KiB on Linux.
+    return {"gpu_max_allocated": gpu, "cpu_max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+class Stopwatch:
+    """Wall time per named phase."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        watch = self
+
+        class _Phase:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                watch.seconds[name] = watch.seconds.get(name, 0.0) + time.perf_counter() - self.start
+
+        return _Phase()
+
+
+def build_telemetry(cfg: DictConfig, run_dir: Path, init_report: dict, init_seconds: float) -> tuple[list, list]:
+    """Loggers from ``cfg.logger`` and callbacks from ``cfg.callbacks`` (a dict of ``_target_`` nodes)."""
+    callbacks = [hydra.utils.instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    for callback in callbacks:
+        if hasattr(callback, "set_init_facts"):
+            callback.set_init_facts(init_report=init_report, init_seconds=init_seconds)
+    if cfg.logger.kind == "none":
+        return [], callbacks
+    from astra.loggers import build_loggers
+
+    run_name = f"{cfg.method.name}-{cfg.task.name}-{cfg.seed}"
+    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    return build_loggers(cfg.logger, run_dir, run_name, cfg.experiment_name, config), callbacks
+
+
+def telemetry_summary(callbacks: list) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for callback in callbacks:
+        if hasattr(callback, "summary"):
+            summary.update(callback.summary())
+    return summary
+
+
+def finish_telemetry(loggers: list, failed: bool) -> None:
+    if loggers:
+        from astra.loggers import finish_loggers
+
+        finish_loggers(loggers, failed=failed)
+
+
+def export_adapter(cfg: DictConfig, model, run_dir: Path) -> Optional[Path]:
+    """Save the trained adapter in PEFT format (full fine-tuning saves nothing: 7B checkpoints are not wanted)."""
+    if cfg.method.peft is None:
+        return None
+    target = run_dir / "adapter"
+    model.save_pretrained(str(target))
+    return target
