@@ -120,6 +120,8 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
 def build_trainer(cfg: DictConfig, device: torch.device, loggers: list, callbacks: list, run_dir: Path) -> pl.Trainer:
     kwargs = OmegaConf.to_container(cfg.trainer.lightning, resolve=True)
     kwargs["precision"] = choose_precision(cfg.trainer, device)
+    if not cfg.trainer.val_size:
+        kwargs["limit_val_batches"] = 0  # no validation split: skip the loop instead of warning about it
     if kwargs.get("accelerator", "auto") == "auto":
         kwargs["accelerator"] = "gpu" if device.type == "cuda" else "cpu"
     return pl.Trainer(
