@@ -48,6 +48,7 @@ def train(cfg: DictConfig, overrides: Optional[list[str]] = None) -> float:
             model, init_report = pipeline.apply_method(cfg, model, datamodule, device)
         facts["init"] = {k: v for k, v in init_report.items() if not k.startswith("_")}
         facts["parameters"] = pipeline.parameter_counts(model)
+        pipeline.save_initial_adapter(cfg, model, run_dir)
 
         loggers, callbacks = pipeline.build_telemetry(cfg, run_dir, init_report, watch.seconds["init"])
         trainer = pipeline.build_trainer(cfg, device, loggers, callbacks, run_dir)
@@ -60,7 +61,7 @@ def train(cfg: DictConfig, overrides: Optional[list[str]] = None) -> float:
             evaluation = evaluate_generation(model, tokenizer, datamodule.test_examples, cfg.task.eval, cfg.trainer.eval_limit, device)
         facts["metrics"], facts["eval_samples"] = evaluation["metrics"], evaluation["samples"]
         facts["telemetry"] = pipeline.telemetry_summary(callbacks)
-        pipeline.export_adapter(cfg, model, run_dir)
+        facts["exported"] = pipeline.export_adapter(cfg, model, run_dir)
     except BaseException as exc:  # the result file records the failure; the error still propagates
         status, error = "failed", "".join(traceback.format_exception_only(type(exc), exc)).strip()
         log.error("run failed: %s\n%s", error, traceback.format_exc())
