@@ -77,7 +77,6 @@ def calibration_identity(cfg: DictConfig, loader) -> dict[str, Any]:
         "max_length": cfg.task.max_length,
         "sample_ids": list(loader.dataset.ids),
         "target_modules": list(cfg.model.target_modules),
-        "rank": cfg.rank,
     }
 
 
