@@ -1,0 +1,39 @@
+"""The calibration engine: runs calibration batches through the frozen model and returns per-layer statistics.
+
+One place for every data-driven init:
+
+- :func:`collect_output_moments`: per-sample normalised second moments of each target layer's OUTPUT (Astra),
+  accumulated either on the output side (d_out^2 per token) or on the input side (d_in^2 per token, the output
+  moment being W M W^T), whichever is smaller, with forward hooks;
+- :func:`collect_weight_gradients`: the full-weight gradient of each target layer's base weight averaged over the
+  calibration batches (LoRA-GA), folded layer by layer into float32 running sums as backward produces it.
+
+Both stream (running sums only), restore modes, ``requires_grad`` and hooks even on error, can process a group of
+layers per pass over the data (``layers_per_pass``), keep results on CPU (``offload_to_cpu``) and cache results on
+disk keyed by model, task, calibration sample ids and the statistics options.
+"""
+
+from astra.calibration.common import (
+    CalibrationResult,
+    adapters_disabled,
+    cache_file_for,
+    check_calibration_size,
+    preserve_model_state,
+    resolve_dtype,
+)
+from astra.calibration.gradients import collect_weight_gradients
+from astra.calibration.moments import FactoredMoment, LayerMoment, MomentOptions, collect_output_moments
+
+__all__ = [
+    "CalibrationResult",
+    "FactoredMoment",
+    "LayerMoment",
+    "MomentOptions",
+    "adapters_disabled",
+    "cache_file_for",
+    "check_calibration_size",
+    "collect_output_moments",
+    "collect_weight_gradients",
+    "preserve_model_state",
+    "resolve_dtype",
+]
