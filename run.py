@@ -60,14 +60,14 @@ def train(cfg: DictConfig, overrides: Optional[list[str]] = None) -> float:
             model.to(device)
             evaluation = evaluate_generation(model, tokenizer, datamodule.test_examples, cfg.task.eval, cfg.trainer.eval_limit, device)
         facts["metrics"], facts["eval_samples"] = evaluation["metrics"], evaluation["samples"]
-        facts["telemetry"] = pipeline.telemetry_summary(callbacks)
         facts["exported"] = pipeline.export_adapter(cfg, model, run_dir)
     except BaseException as exc:  # the result file records the failure; the error still propagates
         status, error = "failed", "".join(traceback.format_exception_only(type(exc), exc)).strip()
         log.error("run failed: %s\n%s", error, traceback.format_exc())
         raise
     finally:
-        pipeline.finish_telemetry(loggers, failed=status != "ok")
+        facts["telemetry"] = pipeline.telemetry_summary(callbacks)
+        pipeline.finish_telemetry(loggers, failed=status != "ok", summary=facts["telemetry"])
         result = {
             "method": cfg.method.name,
             "task": cfg.task.name,

@@ -44,6 +44,10 @@ def test_writes_exactly_one_result_file_with_every_key(lora_run):
     assert set(result["git"]) == {"commit", "dirty"}
     assert result["versions"]["torch"].startswith("2.13.0")
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    telemetry = result["telemetry"]  # summary figures from the default callbacks
+    assert telemetry["grad_norm_mean_first100"] > 0
+    assert telemetry["final_effective_rank_mean"] > 0
+    assert abs(telemetry["final_train_loss"] - result["train_loss"]["final"]) < 1e-4
 
 
 def test_training_loss_falls(lora_run):
@@ -88,3 +92,13 @@ def test_unreachable_hub_model_fails_fast_naming_the_override(tmp_path):
     with pytest.raises(RuntimeError, match="model.path="):
         build_model_and_tokenizer(cfg.model, seed=0)
     assert time.perf_counter() - start < 10
+
+
+def test_wandb_offline_writes_its_run_directory(tmp_path):
+    cfg = compose_config(tmp_path, ["logger=wandb", "trainer=debug", "trainer.eval_limit=2", "task.eval.max_new_tokens=4"])
+    run.train(cfg, overrides=["logger=wandb"])
+    offline_runs = list((tmp_path / "run").rglob("offline-run-*"))
+    assert offline_runs, "W&B offline mode should write its run directory inside the run directory"
+    assert any(p.suffix == ".wandb" for p in offline_runs[0].iterdir())
+    result = json.loads(_result_files(tmp_path)[0].read_text())
+    assert result["status"] == "ok" and "grad_norm_mean_first100" in result["telemetry"]

@@ -181,18 +181,21 @@ def build_telemetry(cfg: DictConfig, run_dir: Path, init_report: dict, init_seco
 
 
 def telemetry_summary(callbacks: list) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
-    for callback in callbacks:
-        if hasattr(callback, "summary"):
-            summary.update(callback.summary())
-    return summary
+    """The callbacks' summary figures (final loss, mean gradient norm over the first 100 steps, final mean
+    effective rank, tokens/s, ...) for the result file, so tables never depend on W&B."""
+    if not callbacks:
+        return {}
+    from astra.callbacks import collect_summary
+
+    return collect_summary(callbacks)
 
 
-def finish_telemetry(loggers: list, failed: bool) -> None:
+def finish_telemetry(loggers: list, failed: bool, summary: Optional[dict] = None) -> None:
+    """Always called (also on error): W&B runs are finished so one failed job cannot break a multirun."""
     if loggers:
         from astra.loggers import finish_loggers
 
-        finish_loggers(loggers, failed=failed)
+        finish_loggers(loggers, failed=failed, summary=summary)
 
 
 def check_export_supported(method: DictConfig) -> None:
