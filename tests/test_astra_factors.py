@@ -188,7 +188,9 @@ def test_init_astra_writes_orthonormal_b_and_reports_spectra(astra_init):
         if hasattr(module, "lora_B") and "default" in getattr(module, "lora_B", {})
     }
     assert len(layers) == report["n_layers"] == 28
-    assert report["routes"] == {"output": 20, "input": 8}  # gate/up (128 -> 344) accumulate on the input side
+    # q/k/v share one input (128 wide) and gate/up another: their moments are accumulated on the input side;
+    # o and down (the only readers of their inputs) on the output side
+    assert report["routes"] == {"output": 8, "input": 20}
     for name, layer in layers.items():
         b = layer.lora_B["default"].weight.detach()
         torch.testing.assert_close(b.T @ b, torch.eye(8), rtol=0, atol=1e-5)
@@ -240,6 +242,43 @@ def test_init_astra_routes_agree_and_cache_reuses_statistics(tmp_path):
         b_input = factors[("auto", "miss")][name]
         assert largest_principal_angle(b_input, b_output) < 1e-4  # float32 factors of float64 maths
         assert torch.equal(factors[("auto", "hit")][name], b_input)
+
+
+@pytest.mark.parametrize("subspace", ["top", "random"])
+def test_stacked_eigh_batches_give_identical_factors(subspace):
+    rows = calibration_rows(8)
+    loader = torch.utils.data.DataLoader(rows, batch_size=4)
+    written, reports = {}, {}
+    for eigh_batch in (1, 3, 64):
+        model = peft_llama()
+        reports[eigh_batch] = init_astra(
+            model, loader, InitContext(seed=2), subspace=subspace, eigh_batch=eigh_batch, cache=False, progress=False
+        )
+        written[eigh_batch] = {name: p.detach().clone() for name, p in model.named_parameters() if "proj" in name}
+    # all 28 eigenproblems are 128 x 128 (q/k/v/o/down dense, gate/up factored with k = d_in = 128): 28, 10, 1 calls
+    assert [reports[b]["eigh_calls"] for b in (1, 3, 64)] == [28, 10, 1]
+    for eigh_batch in (3, 64):
+        for name, value in written[1].items():
+            assert torch.equal(written[eigh_batch][name], value), name
+        for name, spectrum in reports[1]["_moment_eigenvalues"].items():
+            assert torch.equal(reports[eigh_batch]["_moment_eigenvalues"][name], spectrum)
+
+
+def test_shared_and_unshared_calibration_give_the_same_init():
+    rows = calibration_rows(8)
+    loader = torch.utils.data.DataLoader(rows, batch_size=4)
+    factors = {}
+    for share in ("auto", False):
+        model = peft_llama()
+        report = init_astra(model, loader, InitContext(seed=0), share_inputs=share, dtype="float64", progress=False)
+        assert report["routes"] == ({"output": 8, "input": 20} if share == "auto" else {"output": 20, "input": 8})
+        factors[share] = {
+            name: module.lora_B["default"].weight.double()
+            for name, module in model.named_modules()
+            if hasattr(module, "lora_B") and "default" in module.lora_B
+        }
+    for name, b_unshared in factors[False].items():
+        assert largest_principal_angle(factors["auto"][name], b_unshared) < 1e-4, name  # float32 factors
 
 
 def test_method_yaml_instantiates_init_with_known_options():

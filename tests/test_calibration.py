@@ -150,7 +150,7 @@ def test_output_and_input_routes_agree(center, mask_padding):
         )
 
 
-def test_layers_reading_one_input_share_an_accumulator():
+def test_layers_reading_one_input_share_input_moments():
     model, rows = Toy(), make_data()
     layers = {name: getattr(model, name) for name in ("up", "side")}
     shared = collect_output_moments(
@@ -371,3 +371,196 @@ def test_cuda_moments_equal_cpu_moments():
     for name in layers_of(cpu):
         assert on_gpu.stats[name].matrix.device.type == "cpu"
         torch.testing.assert_close(dense(on_gpu, gpu, name).cpu(), dense(on_cpu, cpu, name), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_hooks_do_not_synchronise(monkeypatch):
+    import astra.calibration.moments as moments
+
+    def synchronisation_is_an_error(fn):
+        def strict(*args, **kwargs):
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+        return strict
+
+    rows = make_data()
+    cpu, gpu = Block(bias=True), Block(bias=True).cuda()
+    gpu.forward = synchronisation_is_an_error(gpu.forward)
+    monkeypatch.setattr(moments._PassState, "fold", synchronisation_is_an_error(moments._PassState.fold))
+    options = MomentOptions(center=True, mask_padding=True, dtype="float64")
+    on_cpu = collect_output_moments(cpu, loader(rows, 4), block_layers(cpu), options, progress=False)
+    on_gpu = collect_output_moments(gpu, loader(rows, 4), block_layers(gpu), options, progress=False)
+    for name in BLOCK_LAYERS:
+        torch.testing.assert_close(dense(on_gpu, gpu, name).cpu(), dense(on_cpu, cpu, name), rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------------- shared per-sample input moments
+
+
+class Block(nn.Module):
+    """A LLaMA-like block: q/k/v read one tensor, gate/up another (expanding), o and down their own."""
+
+    def __init__(self, bias: bool, seed: int = 0, d: int = 6, f: int = 10) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = nn.Embedding(VOCAB, d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=bias) for _ in range(4))
+        self.gate, self.up = nn.Linear(d, f, bias=bias), nn.Linear(d, f, bias=bias)
+        self.down = nn.Linear(f, d, bias=bias)
+        self.double()
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        return {"logits": self.outputs(input_ids)["down"]}
+
+    def outputs(self, input_ids):
+        h = self.emb(input_ids)
+        q, k, v = self.q(h), self.k(h), self.v(h)
+        o = self.o(torch.tanh(q) * k.sigmoid() + v)
+        h2 = h + o
+        gate, up = self.gate(h2), self.up(h2)
+        down = self.down(nn.functional.silu(gate) * up)
+        return {"q": q, "k": k, "v": v, "o": o, "gate": gate, "up": up, "down": down}
+
+
+BLOCK_LAYERS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def block_layers(model):
+    return {name: getattr(model, name) for name in BLOCK_LAYERS}
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize(
+    "normalize,center,mask_padding",
+    list(itertools.product(("signed_max", "abs_max", "none"), (False, True), (False, True))),
+)
+def test_shared_and_unshared_input_moments_agree(normalize, center, mask_padding, bias):
+    model, rows = Block(bias), make_data(11)
+    ids = torch.stack([r["input_ids"] for r in rows])
+    mask = torch.stack([r["attention_mask"] for r in rows])
+    with torch.no_grad():
+        outputs = model.outputs(ids)
+    results = {}
+    for share in ("auto", True, False):
+        options = MomentOptions(
+            normalize=normalize, center=center, mask_padding=mask_padding, dtype="float64", share_inputs=share
+        )
+        results[share] = collect_output_moments(model, loader(rows, 4), block_layers(model), options, progress=False)
+    shared, unshared = results["auto"], results[False]
+    # auto: q/k/v share one per-sample input moment, gate/up another; o and down stay on the output side
+    assert {n: shared.stats[n].route for n in BLOCK_LAYERS} == dict.fromkeys(BLOCK_LAYERS[:3], "input") | {
+        "o": "output",
+        "gate": "input",
+        "up": "input",
+        "down": "output",
+    }
+    assert [shared.stats[n].source for n in BLOCK_LAYERS] == ["q", "q", "q", "o", "gate", "gate", "down"]
+    # unshared: the per-layer route (input side only where d_in [+1] < d_out)
+    assert [unshared.stats[n].route for n in ("q", "gate")] == ["output", "input"]
+    assert unshared.stats["up"].source == "up"
+    for name in BLOCK_LAYERS:
+        expected = reference_moment(outputs[name], mask, normalize, center, mask_padding)
+        for share, result in results.items():
+            torch.testing.assert_close(
+                dense(result, model, name), expected, rtol=1e-10, atol=1e-12, msg=f"{name} share={share}"
+            )
+        torch.testing.assert_close(dense(shared, model, name), dense(unshared, model, name), rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 12])
+def test_per_sample_chunks_and_batch_sizes_do_not_change_shared_moments(batch_size):
+    model, rows = Block(bias=True), make_data(12)
+    options = MomentOptions(center=True, mask_padding=True, dtype="float64")
+    whole = collect_output_moments(model, loader(rows, 12), block_layers(model), options, progress=False)
+    one_sample_chunks = MomentOptions(center=True, mask_padding=True, dtype="float64", sample_chunk_bytes=1)
+    chunked = collect_output_moments(
+        model, loader(rows, batch_size), block_layers(model), one_sample_chunks, progress=False
+    )
+    for name in BLOCK_LAYERS:
+        assert chunked.stats[name].route == whole.stats[name].route
+        torch.testing.assert_close(dense(chunked, model, name), dense(whole, model, name), rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("normalize,center,mask_padding", [("signed_max", True, True), ("none", False, False)])
+def test_block_triangular_grams_equal_the_definition(monkeypatch, normalize, center, mask_padding):
+    """Narrow Gram blocks (d = 6 -> 3 block rows, d = 10 -> 5) on every path: output, shared, common, single."""
+    import astra.calibration.moments as moments
+
+    monkeypatch.setattr(moments, "GRAM_BLOCK", 2)
+    assert moments.gram_blocks(6) == [(0, 2), (2, 4), (4, 6)]
+    model, rows = Block(bias=True), make_data()
+    ids = torch.stack([r["input_ids"] for r in rows])
+    mask = torch.stack([r["attention_mask"] for r in rows])
+    with torch.no_grad():
+        outputs = model.outputs(ids)
+    for share in ("auto", False):
+        options = MomentOptions(
+            normalize=normalize, center=center, mask_padding=mask_padding, dtype="float64", share_inputs=share
+        )
+        result = collect_output_moments(model, loader(rows, 5), block_layers(model), options, progress=False)
+        for name in BLOCK_LAYERS:
+            expected = reference_moment(outputs[name], mask, normalize, center, mask_padding)
+            torch.testing.assert_close(dense(result, model, name), expected, rtol=1e-10, atol=1e-12, msg=name)
+            matrix = result.stats[name].matrix
+            assert torch.equal(matrix, matrix.mT), name  # exactly symmetric
+
+
+def test_forced_routes_and_share_true():
+    model, rows = Block(bias=False), make_data()
+    expected = collect_output_moments(
+        model, loader(rows, 4), block_layers(model), MomentOptions(dtype="float64", route="output"), progress=False
+    )
+    assert all(stat.route == "output" for stat in expected.stats.values())
+    for route, share in (("input", "auto"), ("input", False), ("auto", True)):
+        options = MomentOptions(dtype="float64", route=route, share_inputs=share)
+        result = collect_output_moments(model, loader(rows, 4), block_layers(model), options, progress=False)
+        inputs = {name for name, stat in result.stats.items() if stat.route == "input"}
+        # share_inputs=True shares whatever reads one tensor and leaves single readers on their cheaper side
+        assert inputs == (set(BLOCK_LAYERS) if route == "input" else {"q", "k", "v", "gate", "up"})
+        for name in BLOCK_LAYERS:
+            torch.testing.assert_close(dense(result, model, name), dense(expected, model, name), rtol=1e-10, atol=1e-12)
+
+
+HOST_READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+def no_host_reads(fn):
+    """``fn`` wrapped so that any read of a tensor value into Python (a device synchronisation) fails."""
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a calibration hook read a tensor value on the host")
+
+    def strict(*args, **kwargs):
+        with pytest.MonkeyPatch.context() as patch:
+            for method in HOST_READS:
+                patch.setattr(torch.Tensor, method, refuse)
+            return fn(*args, **kwargs)
+
+    return strict
+
+
+def test_hooks_never_read_tensor_values_on_the_host(monkeypatch):
+    """Forward, hooks and group folds must not synchronise with a device: no tensor value reaches Python."""
+    import astra.calibration.moments as moments
+
+    model, rows = Block(bias=True), make_data()
+    model.forward = no_host_reads(model.forward)  # every hook runs inside the forward
+    monkeypatch.setattr(moments._PassState, "fold", no_host_reads(moments._PassState.fold))  # the last group
+    for normalize, mask_padding in (("signed_max", True), ("none", False), ("abs_max", False)):
+        options = MomentOptions(normalize=normalize, mask_padding=mask_padding, center=True, dtype="float64")
+        result = collect_output_moments(model, loader(rows, 4), block_layers(model), options, progress=False)
+        assert result.stats["k"].source == "q"
+    with pytest.raises(AssertionError, match="host"):  # the guard works
+        no_host_reads(lambda: torch.ones(()).item())()
+
+
+def test_bad_share_inputs_and_chunk_are_errors():
+    with pytest.raises(ValueError, match="share_inputs='yes'"):
+        MomentOptions(share_inputs="yes")
+    with pytest.raises(ValueError, match="sample_chunk_bytes"):
+        MomentOptions(sample_chunk_bytes=0)

@@ -20,7 +20,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 ACCUMULATION_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-CACHE_FORMAT = 1  # bump when the layout of cached statistics changes
+CACHE_FORMAT = 2  # bump when the layout of cached statistics changes
 
 
 class NonFiniteStatisticsError(FloatingPointError):
@@ -229,6 +229,29 @@ def check_finite(name: str, tensor: torch.Tensor, what: str) -> None:
             f"the {what} of layer {name!r} contain NaN or Inf (a non-finite model output, an all-zero output "
             f"row under per-sample normalisation, or a batch without labelled tokens?)"
         )
+
+
+def scalars_to_host(values: Sequence[torch.Tensor]) -> list:
+    """Python numbers of many 0-dim tensors with one host read per device (not one per tensor)."""
+    by_device: dict[torch.device, list[int]] = {}
+    for index, value in enumerate(values):
+        by_device.setdefault(value.device, []).append(index)
+    out: list = [None] * len(values)
+    for indices in by_device.values():
+        for index, number in zip(indices, torch.stack([values[i] for i in indices]).tolist()):
+            out[index] = number
+    return out
+
+
+def check_all_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """:func:`check_finite` for many layers with one host read per device (the first non-finite layer is named).
+
+    A NaN or Inf anywhere makes a tensor's sum non-finite: one reduction per tensor; a non-finite sum is then
+    checked element by element (a finite tensor whose sum overflows is not an error)."""
+    flags = scalars_to_host([torch.isfinite(tensor.sum()) for tensor in tensors.values()])
+    for (name, tensor), ok in zip(tensors.items(), flags):
+        if not ok:
+            check_finite(name, tensor, what)
 
 
 def stable_seed(seed: int, name: str) -> int:

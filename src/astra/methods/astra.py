@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from astra.calibration import FactoredMoment, MomentOptions, collect_output_moments, resolve_dtype
-from astra.calibration.common import check_calibration_size, dtype_name, lora_targets, stable_seed
+from astra.calibration.common import (
+    check_calibration_size,
+    dtype_name,
+    lora_targets,
+    scalars_to_host,
+    stable_seed,
+)
 from astra.methods.base import InitContext
 
 log = logging.getLogger(__name__)
@@ -92,19 +99,70 @@ def _null_vectors(weight, factor, values, vectors, n_positive, count, seed) -> t
     return chosen
 
 
-def _factored_basis(moment: FactoredMoment, rank: int, subspace: str, seed: int, dtype: torch.dtype):
-    """Eigenvectors of C = F M F^T from a k x k eigenproblem (k < d_out), with the full d_out spectrum.
+def _symmetric(matrix: torch.Tensor) -> torch.Tensor:
+    return (matrix + matrix.mT) / 2
 
-    With M = L L^T and G = (F L)^T (F L) = V diag(lam) V^T, the nonzero eigenpairs of C are (lam, F L V / sqrt(lam));
-    the other d_out - k eigenvalues are 0, a degenerate eigenspace in which any orthonormal basis is as valid as
-    the one a dense ``eigh`` would return: seeded vectors are taken from it (see :func:`_null_vectors`).
+
+@dataclass
+class _EigenProblem:
+    """The symmetric matrix whose eigendecomposition gives a layer's basis, and what finishing the basis needs.
+
+    ``dense``: the d_out x d_out output moment itself. ``factored`` (C = F M F^T with k < d_out): the k x k Gram
+    G = (F L)^T (F L), M = L L^T; the nonzero eigenpairs of C are (lam, F L V / sqrt(lam)) for G = V diag(lam) V^T.
     """
-    weight = moment.weight.to(dtype)
+
+    matrix: torch.Tensor
+    weight: torch.Tensor | None = None  # factored: F (d_out x k)
+    factor: torch.Tensor | None = None  # factored: F L (d_out x k)
+
+    @property
+    def size(self) -> int:
+        return self.matrix.shape[-1]
+
+
+def _eigen_problem(moment: torch.Tensor | FactoredMoment, dtype: torch.dtype) -> _EigenProblem:
+    if isinstance(moment, FactoredMoment):
+        if moment.inner.shape[0] < moment.weight.shape[0]:
+            weight = moment.weight.to(dtype)
+            inner = moment.inner.to(device=weight.device, dtype=dtype)
+            factor = weight @ _psd_factor(_symmetric(inner))
+            return _EigenProblem(_symmetric(factor.mT @ factor), weight, factor)
+        moment = moment.dense(dtype)
+    return _EigenProblem(_symmetric(moment.to(dtype)))
+
+
+def eigen_problem_size(moment_rows: int, d_out: int, route: str) -> int:
+    """Size of the eigenproblem for a layer's statistic (``LayerMoment.matrix`` of ``moment_rows`` rows)."""
+    return moment_rows if route == "input" and moment_rows < d_out else d_out
+
+
+def _eigh_stacked(matrices: list[torch.Tensor], vectors: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``eigh`` (or ``eigvalsh``) of same-size symmetric matrices in one batched call."""
+    stacked = matrices[0][None] if len(matrices) == 1 else torch.stack(matrices)
+    if vectors:
+        values, vecs = torch.linalg.eigh(stacked)
+        return list(zip(values.unbind(0), vecs.unbind(0)))
+    return [(values, None) for values in torch.linalg.eigvalsh(stacked).unbind(0)]
+
+
+def _finish_basis(problem: _EigenProblem, values, vectors, rank: int, subspace: str, seed: int, dtype):
+    """(B, full ascending d_out spectrum) from the eigenpairs of :func:`_eigen_problem`'s matrix."""
+    if problem.weight is None:
+        dim = problem.size
+        if subspace == "random":
+            return random_orthonormal(dim, rank, seed, dtype=dtype, device=values.device), values
+        return vectors[:, _eigen_columns(dim, rank, subspace)].contiguous(), values
+    return _factored_basis(problem, values, vectors, rank, subspace, seed, dtype)
+
+
+def _factored_basis(problem: _EigenProblem, values, vectors, rank: int, subspace: str, seed: int, dtype):
+    """Eigenvectors of C = F M F^T from the k x k eigenproblem (k < d_out), with the full d_out spectrum.
+
+    The d_out - k eigenvalues outside range(F L) are 0, a degenerate eigenspace in which any orthonormal basis is
+    as valid as the one a dense ``eigh`` would return: seeded vectors are taken from it (see :func:`_null_vectors`).
+    """
+    weight, factor = problem.weight, problem.factor
     dim, inner_dim = weight.shape
-    inner = moment.inner.to(device=weight.device, dtype=dtype)
-    factor = weight @ _psd_factor((inner + inner.mT) / 2)
-    gram = factor.mT @ factor
-    values, vectors = torch.linalg.eigh((gram + gram.mT) / 2)
     values = values.clamp_min(0)
     spectrum = torch.cat([values.new_zeros(dim - inner_dim), values])
     if subspace == "random":
@@ -136,18 +194,9 @@ def astra_basis(
     dtype = resolve_dtype(dtype)
     if subspace not in SUBSPACES:
         raise ValueError(f"subspace={subspace!r} is not one of {SUBSPACES}")
-    if isinstance(moment, FactoredMoment):
-        if moment.inner.shape[0] < moment.weight.shape[0]:
-            return _factored_basis(moment, rank, subspace, seed, dtype)
-        moment = moment.dense(dtype)
-    matrix = moment.to(dtype)
-    matrix = (matrix + matrix.mT) / 2
-    dim = matrix.shape[0]
-    if subspace == "random":
-        return random_orthonormal(dim, rank, seed, dtype=dtype, device=matrix.device), torch.linalg.eigvalsh(matrix)
-    columns = _eigen_columns(dim, rank, subspace)
-    values, vectors = torch.linalg.eigh(matrix)
-    return vectors[:, columns].contiguous(), values
+    problem = _eigen_problem(moment, dtype)
+    [(values, vectors)] = _eigh_stacked([problem.matrix], vectors=subspace != "random")
+    return _finish_basis(problem, values, vectors, rank, subspace, seed, dtype)
 
 
 def _validate(weight: torch.Tensor, moment: Any, rank: int, subspace: str) -> None:
@@ -163,18 +212,22 @@ def _validate(weight: torch.Tensor, moment: Any, rank: int, subspace: str) -> No
     _eigen_columns(d_out, rank, subspace)
 
 
-def _factors_and_spectrum(weight, moment, rank, scaling, subspace, seed, dtype, factor_dtype):
-    _validate(weight, moment, rank, subspace)
-    dtype = resolve_dtype(dtype)
+def _factors_from_basis(weight, basis, scaling, dtype, factor_dtype):
     w = weight.detach().to(dtype)
-    basis, spectrum = astra_basis(moment, rank, subspace, seed=seed, dtype=dtype)
     basis = basis.to(w.device)
     factor_dtype = factor_dtype or weight.dtype
     lora_b = basis.to(factor_dtype)
     lora_a = (basis.mT @ w).to(factor_dtype)
     # residual from the factors as stored, so residual + s * B @ A reproduces W up to one rounding
     residual = (w - scaling * (lora_b.to(dtype) @ lora_a.to(dtype))).to(weight.dtype)
-    return lora_a, lora_b, residual, spectrum
+    return lora_a, lora_b, residual
+
+
+def _factors_and_spectrum(weight, moment, rank, scaling, subspace, seed, dtype, factor_dtype):
+    _validate(weight, moment, rank, subspace)
+    dtype = resolve_dtype(dtype)
+    basis, spectrum = astra_basis(moment, rank, subspace, seed=seed, dtype=dtype)
+    return (*_factors_from_basis(weight, basis, scaling, dtype, factor_dtype), spectrum)
 
 
 def astra_factors(
@@ -212,6 +265,24 @@ def write_adapter(
     layer.get_base_layer().weight.copy_(residual)
 
 
+def _eigh_batch_size(requested: int | None, size: int, dtype: torch.dtype, device: torch.device, pending: int) -> int:
+    """How many same-size eigenproblems go into one stacked ``eigh`` call.
+
+    ``requested`` (an int) wins. ``None``: on CUDA, as many as fit in half the free device memory (each needs the
+    stacked input, its eigenvectors and solver workspace: about 4 n^2 numbers), at most 64; on CPU 1 (LAPACK
+    loops over a batch anyway, so stacking only costs memory there).
+    """
+    if requested is not None:
+        if int(requested) < 1:
+            raise ValueError(f"eigh_batch={requested} must be a positive integer or null (automatic)")
+        return min(int(requested), pending)
+    if device.type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(device)
+    per_problem = 4 * size * size * torch.finfo(dtype).bits // 8
+    return max(1, min(pending, 64, int(0.5 * free) // per_problem))
+
+
 def init_astra(
     model: nn.Module,
     calibration_loader: torch.utils.data.DataLoader | None,
@@ -223,9 +294,10 @@ def init_astra(
     mask_padding: bool = False,
     dtype: Any = "float32",
     route: str = "auto",
-    share_inputs: bool = True,
+    share_inputs: Any = "auto",
     layers_per_pass: int | None = None,
     offload_to_cpu: bool = False,
+    eigh_batch: int | None = None,
     cache: bool = True,
     n_samples: int | None = None,
     progress: bool = True,
@@ -234,7 +306,8 @@ def init_astra(
 
     The report's ``_moment_eigenvalues`` maps each layer to its moment's full ascending spectrum (d_out values, CPU
     float32, clamped at 0). Options: see ``conf/method/astra.yaml``; ``n_samples`` (passed by run.py) is checked
-    against the calibration loader.
+    against the calibration loader. Eigenproblems of equal size on one device are solved in stacked ``eigh``
+    calls of ``eigh_batch`` matrices (None: by free memory on CUDA, one at a time on CPU).
     """
     if subspace not in SUBSPACES:
         raise ValueError(f"subspace={subspace!r} is not one of {SUBSPACES}")
@@ -250,6 +323,9 @@ def init_astra(
     adapter = context.adapter_name
     targets = lora_targets(model, adapter)
     bases = {name: layer.get_base_layer() for name, layer in targets.items()}
+    for name, layer in targets.items():  # shape errors before calibration
+        d_out = bases[name].weight.shape[0]
+        _validate(bases[name].weight, torch.empty(d_out, d_out, device="meta"), layer.r[adapter], subspace)
     result = collect_output_moments(
         model,
         calibration_loader,
@@ -263,29 +339,59 @@ def init_astra(
         progress=progress,
     )
     start = time.perf_counter()
-    eigenvalues, zero_a, routes = {}, [], {"output": 0, "input": 0}
-    for name, layer in targets.items():
-        base = bases[name]
-        stat = result.stats.pop(name)
+    routes = {"output": 0, "input": 0}
+    # Same-size eigenproblems on one device, in model order within each group.
+    groups: dict[tuple[int, torch.device], list[str]] = {}
+    for name in targets:
+        stat, weight = result.stats[name], bases[name].weight
         routes[stat.route] += 1
-        device = base.weight.device
-        stat.matrix = stat.matrix.to(device)
-        moment = stat.for_layer(base.weight, base.bias)
-        lora_a, lora_b, residual, spectrum = _factors_and_spectrum(
-            base.weight,
-            moment,
-            layer.r[adapter],
-            layer.scaling[adapter],
-            subspace,
-            stable_seed(context.seed, name),
-            options.dtype,
-            layer.lora_A[adapter].weight.dtype,
-        )
-        if float(lora_a.float().norm()) <= ZERO_A_RTOL * float(base.weight.float().norm()):
-            zero_a.append(name)
-        write_adapter(layer, adapter, lora_a, lora_b, residual)
-        eigenvalues[name] = spectrum.detach().clamp_min(0).to("cpu", torch.float32)  # PSD: negatives are rounding
-        del stat, moment
+        size = eigen_problem_size(stat.matrix.shape[0], weight.shape[0], stat.route)
+        groups.setdefault((size, weight.device), []).append(name)
+    spectra: dict[str, torch.Tensor] = {}
+    norms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    n_calls = 0
+    for (size, device), names in groups.items():
+        done = 0
+        while done < len(names):
+            count = _eigh_batch_size(eigh_batch, size, options.dtype, device, len(names) - done)
+            chunk, done = names[done : done + count], done + count
+            problems = []
+            for name in chunk:
+                base = bases[name]
+                stat = result.stats.pop(name)
+                stat.matrix = stat.matrix.to(base.weight.device)
+                problems.append(_eigen_problem(stat.for_layer(base.weight, base.bias), options.dtype))
+                del stat
+            solved = _eigh_stacked([p.matrix for p in problems], vectors=subspace != "random")
+            n_calls += 1
+            for name, problem, (values, vectors) in zip(chunk, problems, solved):
+                layer, base = targets[name], bases[name]
+                basis, spectrum = _finish_basis(
+                    problem,
+                    values,
+                    vectors,
+                    layer.r[adapter],
+                    subspace,
+                    stable_seed(context.seed, name),
+                    options.dtype,
+                )
+                lora_a, lora_b, residual = _factors_from_basis(
+                    base.weight, basis, layer.scaling[adapter], options.dtype, layer.lora_A[adapter].weight.dtype
+                )
+                norms[name] = (lora_a.float().norm(), base.weight.detach().float().norm())
+                write_adapter(layer, adapter, lora_a, lora_b, residual)
+                spectra[name] = spectrum.detach().clamp_min(0).to(torch.float32)  # PSD: negatives are rounding
+            del problems, solved
+    # Host reads once at the end, not per layer.
+    by_shape: dict[tuple, list[str]] = {}
+    for name in targets:
+        by_shape.setdefault((spectra[name].shape[0], spectra[name].device), []).append(name)
+    on_host = {}
+    for names in by_shape.values():
+        on_host.update(zip(names, torch.stack([spectra.pop(name) for name in names]).cpu().unbind(0)))
+    eigenvalues = {name: on_host[name] for name in targets}
+    flat = scalars_to_host([value for name in targets for value in norms[name]])
+    zero_a = [name for index, name in enumerate(targets) if flat[2 * index] <= ZERO_A_RTOL * flat[2 * index + 1]]
     if zero_a:
         log.warning(
             "Astra subspace=%r: A = B^T W is zero for %d layer(s) (expanding layers, d_out > d_in: the chosen "
@@ -303,6 +409,7 @@ def init_astra(
         "dtype": dtype_name(options.dtype),
         "n_layers": len(targets),
         "routes": routes,
+        "eigh_calls": n_calls,
         "zero_A_layers": zero_a,
         **result.report(),
         "init_seconds": round(time.perf_counter() - start, 3),
