@@ -13,7 +13,7 @@ import logging
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import hydra
 import lightning.pytorch as pl
@@ -32,7 +32,7 @@ def hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def train(cfg: DictConfig, overrides: Optional[list[str]] = None) -> float:
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     """One run. Returns the task's primary metric (so Hydra sweepers can optimise it)."""
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

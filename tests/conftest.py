@@ -50,6 +50,17 @@ def config_groups() -> dict[str, list[str]]:
     return groups
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices: one intra-op thread avoids oversubscription stalls when other jobs share the 2 cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def compose_cfg(tmp_path):
     return lambda overrides=(): compose_config(tmp_path, list(overrides))

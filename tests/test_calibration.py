@@ -20,13 +20,7 @@ from astra.methods.base import InitContext
 VOCAB, T = 40, 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matrices: one intra-op thread avoids oversubscription stalls when other jobs share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Toy(nn.Module):

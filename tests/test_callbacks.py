@@ -32,8 +32,8 @@ from astra.callbacks import (
     finish_loggers,
     instantiate_callbacks,
     logger_session,
-    moment_rank_metrics,
     module_type,
+    moment_rank_metrics,
 )
 from astra.effective_rank import effective_rank
 from astra.methods.base import lora_layers

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import CONF_DIR, config_groups
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
-
-from conftest import CONF_DIR, config_groups
 
 GROUP_OPTIONS = [(group, option) for group, options in config_groups().items() for option in options]
 

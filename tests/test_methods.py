@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
+from conftest import CONF_DIR, compose_config, config_groups
 from omegaconf import OmegaConf
 
 import run
 from astra import pipeline
 from astra.methods.base import lora_layers
 from astra.models import build_model_and_tokenizer
-from conftest import CONF_DIR, compose_config, config_groups
 
 METHODS = config_groups()["method"]
 RESIDUAL = [m for m in METHODS if OmegaConf.load(CONF_DIR / "method" / f"{m}.yaml").get("residual")]

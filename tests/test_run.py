@@ -6,10 +6,10 @@ import json
 import time
 
 import pytest
+from conftest import compose_config
 
 import run
 from astra.results import REQUIRED_KEYS
-from conftest import compose_config
 
 
 @pytest.fixture(scope="module")

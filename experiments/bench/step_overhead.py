@@ -24,7 +24,18 @@ from peft import LoraConfig, get_peft_model
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS_DIR, SHAPES, TARGETS, build_model, environment, median, print_table, synchronize, synthetic_batch, write_json  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    SHAPES,
+    TARGETS,
+    build_model,
+    environment,
+    median,
+    print_table,
+    synchronize,
+    synthetic_batch,
+    write_json,
+)
 
 from astra.pipeline import choose_precision  # noqa: E402
 from astra.training import CausalLMModule, cosine_with_warmup  # noqa: E402

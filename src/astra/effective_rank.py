@@ -25,8 +25,6 @@ batched SVD.
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 from torch import Tensor
 
@@ -40,7 +38,7 @@ __all__ = [
     "dense_ranks",
 ]
 
-Scaling = Union[float, Tensor]
+Scaling = float | Tensor
 
 
 def effective_rank(singular_values: Tensor) -> Tensor:
@@ -78,7 +76,7 @@ def lowrank_singular_values(
     A: Tensor,
     B: Tensor,
     scaling: Scaling = 1.0,
-    dtype: Optional[torch.dtype] = None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Singular values (descending) of ``scaling * B @ A`` via QR of ``B`` and ``A^T`` and the SVD of the core.
 
@@ -105,7 +103,7 @@ def lowrank_singular_values(
     return torch.linalg.svdvals(core)
 
 
-def dense_singular_values(matrix: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+def dense_singular_values(matrix: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Singular values (descending) of a dense matrix (or batch), flattening trailing dims beyond 2 (conv)."""
     if matrix.dim() > 2:
         matrix = matrix.flatten(1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -48,7 +48,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return outputs
 
 
-def evaluate_generation(model, tokenizer, examples: list[Example], eval_cfg: Any, limit: Optional[int], device) -> dict:
+def evaluate_generation(model, tokenizer, examples: list[Example], eval_cfg: Any, limit: int | None, device) -> dict:
     """Generate for the test examples and score them; returns metrics plus a few samples for inspection."""
     if eval_cfg.metric not in METRICS:
         raise ValueError(f"task.eval.metric={eval_cfg.metric!r} is unknown; valid metrics: {sorted(METRICS)}")

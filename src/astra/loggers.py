@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger
 
@@ -37,7 +38,7 @@ WANDB_ENV_DIRS = {
     "WANDB_DATA_DIR": "wandb/data",
     "WANDB_ARTIFACT_DIR": "wandb/artifacts",
 }
-_saved_env: dict[str, Optional[str]] = {}
+_saved_env: dict[str, str | None] = {}
 
 
 def _to_plain(config: Any) -> dict:
@@ -79,10 +80,10 @@ def restore_wandb_env() -> None:
 
 
 def build_loggers(
-    logger_cfg: Optional[Mapping[str, Any]],
-    run_dir: "os.PathLike[str] | str",
+    logger_cfg: Mapping[str, Any] | None,
+    run_dir: os.PathLike[str] | str,
     run_name: str,
-    group: Optional[str],
+    group: str | None,
     config_dict: Any,
 ) -> list[Logger]:
     """Loggers for one run from ``{kind, project, offline}``; ``[]`` for ``kind: none`` or a null node."""
@@ -134,7 +135,7 @@ def log_summary(loggers: list[Logger], summary: Mapping[str, Any]) -> None:
             path.write_text(json.dumps(clean, indent=2, sort_keys=True))
 
 
-def finish_loggers(loggers: list[Logger], failed: bool, summary: Optional[Mapping[str, Any]] = None) -> None:
+def finish_loggers(loggers: list[Logger], failed: bool, summary: Mapping[str, Any] | None = None) -> None:
     """Write ``summary`` (if any), finalise every logger and always call ``wandb.finish`` for W&B loggers
     (exit code 1 when ``failed``). Never raises: problems are logged, so the caller's own error (if any)
     is the one that propagates."""
@@ -169,10 +170,10 @@ def finish_loggers(loggers: list[Logger], failed: bool, summary: Optional[Mappin
 
 @contextmanager
 def logger_session(
-    logger_cfg: Optional[Mapping[str, Any]],
-    run_dir: "os.PathLike[str] | str",
+    logger_cfg: Mapping[str, Any] | None,
+    run_dir: os.PathLike[str] | str,
     run_name: str,
-    group: Optional[str],
+    group: str | None,
     config_dict: Any,
 ) -> Iterator[tuple[list[Logger], dict[str, Any]]]:
     """``with logger_session(...) as (loggers, summary):`` build the loggers; fill ``summary`` (a dict) with

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -44,7 +44,7 @@ def build_llama_from_config(seed: int, dtype: torch.dtype = torch.float32, **con
     return model.to(dtype)
 
 
-def tiny_llama(seed: int = 0, vocab_size: Optional[int] = None, **overrides: Any) -> LlamaForCausalLM:
+def tiny_llama(seed: int = 0, vocab_size: int | None = None, **overrides: Any) -> LlamaForCausalLM:
     """The default test/offline model: LLaMA architecture, ~2M parameters, expanding MLP like LLaMA."""
     config = dict(
         vocab_size=vocab_size or len(load_tiny_tokenizer()),
@@ -74,7 +74,7 @@ def _hub_reachable(timeout: float = 5.0) -> bool:
         return False
 
 
-def _cached_snapshot(hub_id: str) -> Optional[str]:
+def _cached_snapshot(hub_id: str) -> str | None:
     from huggingface_hub import snapshot_download
 
     try:
@@ -83,7 +83,7 @@ def _cached_snapshot(hub_id: str) -> Optional[str]:
         return None
 
 
-def resolve_pretrained_location(hub_id: str, path: Optional[str], name: str) -> str:
+def resolve_pretrained_location(hub_id: str, path: str | None, name: str) -> str:
     """Where to load a pretrained checkpoint from: ``model.path`` if given, else the Hub (cache first).
 
     Fails within seconds, naming the override, when neither a local copy nor the Hub is available.

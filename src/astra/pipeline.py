@@ -6,7 +6,7 @@ import logging
 import resource
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import hydra
 import lightning.pytorch as pl
@@ -139,7 +139,7 @@ def fit(cfg: DictConfig, model, datamodule: TaskDataModule, trainer: pl.Trainer)
     return module
 
 
-def peak_memory_bytes(device: torch.device) -> dict[str, Optional[int]]:
+def peak_memory_bytes(device: torch.device) -> dict[str, int | None]:
     gpu = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
     # ru_maxrss is in KiB on Linux.
     return {"gpu_max_allocated": gpu, "cpu_max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
@@ -190,7 +190,7 @@ def telemetry_summary(callbacks: list) -> dict[str, Any]:
     return collect_summary(callbacks)
 
 
-def finish_telemetry(loggers: list, failed: bool, summary: Optional[dict] = None) -> None:
+def finish_telemetry(loggers: list, failed: bool, summary: dict | None = None) -> None:
     """Always called (also on error): W&B runs are finished so one failed job cannot break a multirun."""
     if loggers:
         from astra.loggers import finish_loggers
@@ -208,7 +208,7 @@ def check_export_supported(method: DictConfig) -> None:
         )
 
 
-def save_initial_adapter(cfg: DictConfig, model, run_dir: Path) -> Optional[Path]:
+def save_initial_adapter(cfg: DictConfig, model, run_dir: Path) -> Path | None:
     """Residual methods: save the adapter as initialised, so the trained one can be converted later.
 
     Saved with ``init_lora_weights=True`` in its config, as PEFT's conversion requires (loading it must not

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from functools import partial
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -40,7 +40,7 @@ def tokenize_example(example: Example, tokenizer, max_length: int) -> dict:
     return {"input_ids": input_ids, "labels": labels}
 
 
-def collate(features: list[dict], pad_token_id: int, pad_to: Optional[int] = None) -> dict[str, torch.Tensor]:
+def collate(features: list[dict], pad_token_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
     """Right-pad to the longest row (or to ``pad_to``); padding is masked and never a label."""
     length = pad_to or max(len(feature["input_ids"]) for feature in features)
     batch = {
@@ -65,8 +65,8 @@ class TaskDataModule(pl.LightningDataModule):
         self.batch_size, self.seed, self.val_size, self.num_workers = batch_size, seed, val_size, num_workers
         self.max_length = int(task_cfg.max_length)
         self.formatter = get_formatter(task_cfg.formatter)
-        self.train_set: Optional[TokenizedExamples] = None
-        self.val_set: Optional[TokenizedExamples] = None
+        self.train_set: TokenizedExamples | None = None
+        self.val_set: TokenizedExamples | None = None
         self.test_examples: list[Example] = []
 
     def _format_rows(self, rows: list[dict], split: str) -> list[Example]:
@@ -78,7 +78,7 @@ class TaskDataModule(pl.LightningDataModule):
                 raise ValueError(f"task {self.task_cfg.name}, {split} row {index}: {error}") from None
         return examples
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         train_examples = self._format_rows(load_split(self.task_cfg, "train"), "train")
@@ -90,7 +90,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.val_set = TokenizedExamples([features[i] for i in val_ids], val_ids) if val_ids else None
         self.test_examples = self._format_rows(load_split(self.task_cfg, "test"), "test")
 
-    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, pad_to: Optional[int] = None) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, pad_to: int | None = None) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             dataset,

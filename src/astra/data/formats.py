@@ -8,7 +8,8 @@ same way.
 from __future__ import annotations
 
 import re
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes "

@@ -17,9 +17,10 @@ keys starting with ``_``, which are not written to the result file).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,14 +35,14 @@ class InitContext:
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     # Directory for cached calibration statistics; None disables caching.
-    cache_dir: Optional[Path] = None
+    cache_dir: Path | None = None
     # Identity of the calibration data: model identity, task name, calibration sample ids.
     # Engines add their own statistics options before hashing it.
     cache_key: dict[str, Any] = field(default_factory=dict)
     adapter_name: str = ADAPTER
 
 
-InitFn = Callable[[nn.Module, Optional[torch.utils.data.DataLoader], InitContext], dict]
+InitFn = Callable[[nn.Module, torch.utils.data.DataLoader | None, InitContext], dict]
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

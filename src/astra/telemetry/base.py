@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -24,7 +24,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-Number = Union[int, float, Tensor]
+Number = int | float | Tensor
 
 
 class BufferedMetricsCallback(pl.Callback):
@@ -41,12 +41,12 @@ class BufferedMetricsCallback(pl.Callback):
         self.latest: dict[str, float] = {}
 
     # ------------------------------------------------------------------ recording
-    def _record(self, trainer: "pl.Trainer", step: int, metrics: Mapping[str, Number]) -> None:
+    def _record(self, trainer: pl.Trainer, step: int, metrics: Mapping[str, Number]) -> None:
         if metrics:
             items = [((name,), value.detach() if isinstance(value, Tensor) else float(value)) for name, value in metrics.items()]
             self._append(trainer, step, items)
 
-    def _record_vector(self, trainer: "pl.Trainer", step: int, names: Sequence[str], vector: Tensor) -> None:
+    def _record_vector(self, trainer: pl.Trainer, step: int, names: Sequence[str], vector: Tensor) -> None:
         if len(names) != vector.numel():
             raise ValueError(f"{len(names)} names for a vector of {vector.numel()} values")
         if names:
@@ -58,7 +58,7 @@ class BufferedMetricsCallback(pl.Callback):
             self.flush(trainer)
 
     # ------------------------------------------------------------------ flushing
-    def flush(self, trainer: "pl.Trainer") -> None:
+    def flush(self, trainer: pl.Trainer) -> None:
         """Move every pending value to the host (one sync per device) and log it."""
         if not self._pending:
             return
@@ -90,27 +90,27 @@ class BufferedMetricsCallback(pl.Callback):
             logger.save()
 
     @staticmethod
-    def _send(trainer: "pl.Trainer", metrics: dict[str, float], step: int) -> None:
+    def _send(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
         for logger in getattr(trainer, "loggers", []) or []:
             logger.log_metrics(metrics, step=step)
 
-    def _safe_flush(self, trainer: "pl.Trainer") -> None:
+    def _safe_flush(self, trainer: pl.Trainer) -> None:
         try:
             self.flush(trainer)
         except Exception:  # never mask the error that is being handled, never break teardown
             log.exception("%s: flushing metrics failed", type(self).__name__)
 
     # ------------------------------------------------------------------ hooks
-    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.flush(trainer)
 
-    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._safe_flush(trainer)
 
-    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._safe_flush(trainer)
 
-    def set_init_facts(self, init_report: Optional[Mapping[str, Any]] = None, init_seconds: Optional[float] = None) -> None:
+    def set_init_facts(self, init_report: Mapping[str, Any] | None = None, init_seconds: float | None = None) -> None:
         """What only run.py knows, for callbacks that use it (no-op otherwise): the init method's report
         (``_moment_eigenvalues`` -> ``rank/moment/...``) and the init wall time in seconds."""
         if init_report is not None and hasattr(self, "set_init_report"):

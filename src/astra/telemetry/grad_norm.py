@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -21,7 +21,7 @@ def _foreach_norms(grads: list[Tensor]) -> Tensor:
         return torch.stack(torch._foreach_norm(grads, 2.0, **kwargs)).float()
     # Model split over devices: norms per device group, gathered on the first device, original order kept.
     first = grads[0].device
-    out: list[Optional[Tensor]] = [None] * len(grads)
+    out: list[Tensor | None] = [None] * len(grads)
     for device in devices:
         index = [i for i, g in enumerate(grads) if g.device == device]
         norms = torch._foreach_norm([grads[i] for i in index], 2.0, **kwargs)
@@ -64,18 +64,18 @@ class GradNormMonitor(BufferedMetricsCallback):
         self.per_type_first_n_steps = int(per_type_first_n_steps)
         self.summary_first_n_steps = int(summary_first_n_steps)
         self.log_type_factor = log_type_factor
-        self._index: Optional[dict[str, Any]] = None
+        self._index: dict[str, Any] | None = None
         self._reset_stats()
 
     def _reset_stats(self) -> None:
-        self._sum_first: Optional[Tensor] = None
-        self._finite_first: Optional[Tensor] = None
-        self._sum_all: Optional[Tensor] = None
-        self._finite_all: Optional[Tensor] = None
+        self._sum_first: Tensor | None = None
+        self._finite_first: Tensor | None = None
+        self._sum_all: Tensor | None = None
+        self._finite_all: Tensor | None = None
         self._steps = 0
 
     # ------------------------------------------------------------------ parameter index
-    def _build_index(self, pl_module: "pl.LightningModule") -> dict[str, Any]:
+    def _build_index(self, pl_module: pl.LightningModule) -> dict[str, Any]:
         names, params, types, factors = [], [], [], []
         for name, param in pl_module.named_parameters():
             if param.requires_grad:
@@ -99,7 +99,7 @@ class GradNormMonitor(BufferedMetricsCallback):
             "device_index": {},  # device -> (type, factor, pair) index tensors for the all-present case
         }
 
-    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._index = None  # the trainable set may change between fits
         self._reset_stats()
 
@@ -110,7 +110,7 @@ class GradNormMonitor(BufferedMetricsCallback):
         )
 
     @torch.no_grad()
-    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer) -> None:
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         if self._index is None:
             self._index = self._build_index(pl_module)
         index = self._index
@@ -155,7 +155,7 @@ class GradNormMonitor(BufferedMetricsCallback):
             for key in ("type_of", "factor_of", "pair_of")
         )
 
-    def _record_groups(self, trainer: "pl.Trainer", step: int, norms: Tensor, present: list[int]) -> None:
+    def _record_groups(self, trainer: pl.Trainer, step: int, norms: Tensor, present: list[int]) -> None:
         index = self._index
         squared = norms.square()
         type_idx, factor_idx, pair_idx = self._group_index(norms.device, present)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -19,7 +19,7 @@ class LRMonitor(BufferedMetricsCallback):
     Read in ``on_before_optimizer_step``, i.e. the rate the coming update uses, logged at that step's index.
     """
 
-    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer) -> None:
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         metrics: dict[str, float] = {}
         for index, group in enumerate(optimizer.param_groups):
             lr = group["lr"]
@@ -47,13 +47,13 @@ class LossMonitor(BufferedMetricsCallback):
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._acc: Optional[Tensor] = None
+        self._acc: Tensor | None = None
         self._count = 0
         self._last_global_step = 0
         self._recent: deque = deque(maxlen=self.final_window)
         self.val_history: list[tuple[int, float]] = []
 
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset_state()
         self._last_global_step = trainer.global_step
 
@@ -72,7 +72,7 @@ class LossMonitor(BufferedMetricsCallback):
                 self._record(trainer, trainer.global_step - 1, {"train/loss_step": mean})
             self._acc, self._count = None, 0
 
-    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         value = trainer.callback_metrics.get(self.val_key)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Mapping
-from typing import Any, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -28,7 +28,7 @@ MOMENT_KEY = "_moment_eigenvalues"
 
 
 # ---------------------------------------------------------------------- pure-ish helpers
-def _adapter_factors(layer: nn.Module, adapter: str) -> Optional[tuple[Tensor, Tensor, float]]:
+def _adapter_factors(layer: nn.Module, adapter: str) -> tuple[Tensor, Tensor, float] | None:
     """``(A, B, scaling)`` of one PEFT LoRA layer as 2-D matrices (``r x d_in``, ``d_out x r``), or None."""
     scaling = float(layer.scaling[adapter]) if adapter in getattr(layer, "scaling", {}) else 1.0
     if adapter in getattr(layer, "lora_A", {}):
@@ -56,7 +56,7 @@ def adapter_spectra(model: nn.Module, adapter: str = ADAPTER) -> tuple[list[str]
         if found is not None:
             names.append(name)
             factors.append(found)
-    spectra: list[Optional[Tensor]] = [None] * len(names)
+    spectra: list[Tensor | None] = [None] * len(names)
     groups: dict[tuple, list[int]] = {}
     for i, (A, B, _) in enumerate(factors):
         groups.setdefault((tuple(A.shape), tuple(B.shape), A.device, B.device), []).append(i)
@@ -87,7 +87,7 @@ def rank_metrics(layer_names: Sequence[str], values: Sequence[float], base: str 
     return out
 
 
-def moment_rank_metrics(report: Optional[Mapping[str, Any]], prefix: str = "rank/moment", per_layer: bool = True) -> dict[str, float]:
+def moment_rank_metrics(report: Mapping[str, Any] | None, prefix: str = "rank/moment", per_layer: bool = True) -> dict[str, float]:
     """Effective ranks of the calibration moment matrices in an init report.
 
     ``report["_moment_eigenvalues"]`` maps layer names to 1-D eigenvalue tensors of symmetric PSD matrices
@@ -129,11 +129,11 @@ class EffectiveRankMonitor(BufferedMetricsCallback):
         at_start: bool = True,
         at_end: bool = True,
         per_layer: bool = True,
-        full_ft_patterns: Optional[Sequence[str]] = None,
+        full_ft_patterns: Sequence[str] | None = None,
         full_ft_max_layers: int = 4,
         adapter_name: str = ADAPTER,
         flush_every_n_steps: int = 25,
-        init_report: Optional[Mapping[str, Any]] = None,
+        init_report: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(flush_every_n_steps)
         self.every_n_steps = int(every_n_steps)
@@ -146,12 +146,12 @@ class EffectiveRankMonitor(BufferedMetricsCallback):
         self.init_report = init_report
         self._w0: dict[str, Tensor] = {}
         self._modules: dict[str, nn.Module] = {}
-        self._last_step: Optional[int] = None
+        self._last_step: int | None = None
         self._last_global_step = 0
         self.first: dict[str, float] = {}
         self.moment: dict[str, float] = {}
 
-    def set_init_report(self, report: Optional[Mapping[str, Any]]) -> None:
+    def set_init_report(self, report: Mapping[str, Any] | None) -> None:
         self.init_report = report
 
     # ------------------------------------------------------------------ full fine-tuning snapshot
@@ -173,7 +173,7 @@ class EffectiveRankMonitor(BufferedMetricsCallback):
         picks = sorted({round(i * (len(candidates) - 1) / max(k - 1, 1)) for i in range(k)})
         return dict(candidates[i] for i in picks)
 
-    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._w0, self._modules = {}, {}
         self._last_step = None
         has_lora = any(True for _ in lora_layers(pl_module))
@@ -201,7 +201,7 @@ class EffectiveRankMonitor(BufferedMetricsCallback):
         metrics.update(rank_metrics(names, values[1], base="rank/stable", per_layer=self.per_layer))
         return metrics
 
-    def _log_ranks(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", step: int) -> None:
+    def _log_ranks(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         if self._last_step == step or not trainer.is_global_zero:
             return
         self._last_step = step
@@ -211,7 +211,7 @@ class EffectiveRankMonitor(BufferedMetricsCallback):
         self._record(trainer, step, metrics)
 
     # ------------------------------------------------------------------ hooks
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_global_step = trainer.global_step
         if trainer.is_global_zero and trainer.global_step == 0:
             self.moment = moment_rank_metrics(self.init_report, per_layer=self.per_layer)
@@ -226,7 +226,7 @@ class EffectiveRankMonitor(BufferedMetricsCallback):
             if self.every_n_steps > 0 and step % self.every_n_steps == 0:
                 self._log_ranks(trainer, pl_module, step)
 
-    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_end:
             self._log_ranks(trainer, pl_module, trainer.global_step)
         super().on_train_end(trainer, pl_module)

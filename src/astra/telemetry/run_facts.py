@@ -6,7 +6,7 @@ import resource
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -25,7 +25,7 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def peak_memory_mb(device: Optional[torch.device] = None) -> tuple[float, str]:
+def peak_memory_mb(device: torch.device | None = None) -> tuple[float, str]:
     """``(MiB, source)``: CUDA max allocated on ``device`` when it is a CUDA device, else the process's
     max resident set size (``resource.getrusage``; KiB on Linux, bytes on macOS)."""
     if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
@@ -35,7 +35,7 @@ def peak_memory_mb(device: Optional[torch.device] = None) -> tuple[float, str]:
     return rss * scale / 2**20, "max_rss"
 
 
-def count_tokens(batch: Any, mask_key: str = "attention_mask") -> Optional[Tensor]:
+def count_tokens(batch: Any, mask_key: str = "attention_mask") -> Tensor | None:
     """Non-padding tokens in a batch: ``batch[mask_key].sum()`` (on the batch's device, no sync);
     ``input_ids.numel()`` when there is no mask; None when neither is found."""
     if isinstance(batch, Mapping):
@@ -67,7 +67,7 @@ class RunFactsMonitor(BufferedMetricsCallback):
         self,
         every_n_steps: int = 25,
         mask_key: str = "attention_mask",
-        init_time_s: Optional[float] = None,
+        init_time_s: float | None = None,
         flush_every_n_steps: int = 25,
     ) -> None:
         super().__init__(flush_every_n_steps)
@@ -77,23 +77,23 @@ class RunFactsMonitor(BufferedMetricsCallback):
         self.params: tuple[int, int] = (0, 0)
         self._reset_clock()
 
-    def set_init_time(self, seconds: Optional[float]) -> None:
+    def set_init_time(self, seconds: float | None) -> None:
         self.init_time_s = None if seconds is None else float(seconds)
 
     def _reset_clock(self) -> None:
-        self._window_tokens: Optional[Tensor] = None
+        self._window_tokens: Tensor | None = None
         self._total_tokens = 0.0
-        self._train_start: Optional[float] = None
+        self._train_start: float | None = None
         self._window_start = 0.0
         self._val_time_window = 0.0
         self._val_time_total = 0.0
-        self._val_started: Optional[float] = None
+        self._val_started: float | None = None
         self._last_global_step = 0
-        self._last_logged_step: Optional[int] = None
+        self._last_logged_step: int | None = None
         self.final: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ hooks
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset_clock()
         self.params = parameter_counts(pl_module)
         trainable, total = self.params
@@ -121,30 +121,30 @@ class RunFactsMonitor(BufferedMetricsCallback):
             if step % self.every_n_steps == 0:
                 self._close_window(trainer, pl_module, step)
 
-    def on_validation_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._train_start is not None and not trainer.sanity_checking:
             self._val_started = time.perf_counter()
 
-    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._val_started is not None:
             spent = time.perf_counter() - self._val_started
             self._val_time_window += spent
             self._val_time_total += spent
             self._val_started = None
 
-    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._train_start is not None and self._last_logged_step != trainer.global_step:
             self._close_window(trainer, pl_module, trainer.global_step)
         super().on_train_end(trainer, pl_module)
 
     # ------------------------------------------------------------------ measurement
     @staticmethod
-    def _sync(pl_module: "pl.LightningModule") -> None:
+    def _sync(pl_module: pl.LightningModule) -> None:
         device = pl_module.device
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    def _close_window(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", step: int) -> None:
+    def _close_window(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         self._sync(pl_module)
         now = time.perf_counter()
         elapsed = max(now - self._window_start - self._val_time_window, 1e-9)

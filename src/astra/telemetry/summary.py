@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 
@@ -28,8 +28,8 @@ def instantiate_callbacks(callbacks_cfg: Any) -> list[pl.Callback]:
 def attach_run_info(
     callbacks: Iterable[Any],
     *,
-    init_time_s: Optional[float] = None,
-    init_report: Optional[Mapping[str, Any]] = None,
+    init_time_s: float | None = None,
+    init_report: Mapping[str, Any] | None = None,
 ) -> None:
     """Give the callbacks what only run.py knows: the init time (seconds) and the init method's report
     (its ``_moment_eigenvalues`` become ``rank/moment/...`` at step 0). Call before ``trainer.fit``."""
