@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: help install test test-slow lint run tokenizer bench clean
+.PHONY: help install test test-slow test-gpu lint run tokenizer bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ test:  ## run the fast test suite (CPU, offline, temp dirs)
 test-slow:  ## run the slow tests too
 	$(BIN)/python -m pytest -q -m "not gpu"
 
+test-gpu:  ## run the GPU tests (needs CUDA)
+	$(BIN)/python -m pytest -q -m gpu
+
 lint:  ## ruff check
 	$(BIN)/ruff check src tests run.py experiments
 
@@ -29,8 +32,10 @@ run:  ## one run: make run ARGS="method=astra task=gsm8k"
 tokenizer:  ## rebuild the tiny model's BPE tokenizer from the shipped sample
 	$(BIN)/python -m astra.data.build_tokenizer
 
-bench:  ## run the benchmarks (tables printed, JSON under experiments/bench/results/)
+bench:  ## run the benchmarks (tables printed, JSON under experiments/bench/results/; ~20 min on 2 CPU cores)
 	$(BIN)/python experiments/bench/step_overhead.py
+	$(BIN)/python experiments/bench/telemetry_cost.py
+	$(BIN)/python experiments/bench/init_cost.py
 
 clean:  ## remove logs and caches (never experiments/results)
 	rm -rf logs .pytest_cache
