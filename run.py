@@ -39,6 +39,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     watch, created = pipeline.Stopwatch(), results.now_iso()
     facts: dict[str, Any] = {"metrics": {}, "train_loss": results.loss_summary([]), "parameters": None}
     device = pipeline.choose_device(cfg.trainer)
+    # Under multi-GPU strategies every rank runs this function; each computes the same seeded init, but only
+    # rank 0 evaluates, exports and writes the result file.
+    main_process = pipeline.is_main_process()
     loggers, callbacks, status, error = [], [], "ok", None
     try:
         pl.seed_everything(cfg.seed, workers=True)
@@ -48,13 +51,17 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             model, init_report = pipeline.apply_method(cfg, model, datamodule, device)
         facts["init"] = {k: v for k, v in init_report.items() if not k.startswith("_")}
         facts["parameters"] = pipeline.parameter_counts(model)
-        pipeline.save_initial_adapter(cfg, model, run_dir)
+        if main_process:
+            pipeline.save_initial_adapter(cfg, model, run_dir)
 
         loggers, callbacks = pipeline.build_telemetry(cfg, run_dir, init_report, watch.seconds["init"])
         trainer = pipeline.build_trainer(cfg, device, loggers, callbacks, run_dir)
+        main_process = trainer.is_global_zero
         with watch("train"):
             module = pipeline.fit(cfg, model, datamodule, trainer)
         facts["train_loss"] = results.loss_summary(module.loss_history())
+        if not main_process:
+            return float("nan")
 
         with watch("eval"):
             model.to(device)
@@ -68,30 +75,31 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     finally:
         facts["telemetry"] = pipeline.telemetry_summary(callbacks)
         pipeline.finish_telemetry(loggers, failed=status != "ok", summary=facts["telemetry"])
-        result = {
-            "method": cfg.method.name,
-            "task": cfg.task.name,
-            "model": cfg.model.name,
-            "seed": cfg.seed,
-            "rank": cfg.rank,
-            "alpha": cfg.alpha,
-            "learning_rate": cfg.optim.lr,
-            "experiment": cfg.experiment_name,
-            "config": OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False),
-            "overrides": overrides if overrides is not None else hydra_overrides(),
-            "command": results.command_line(),
-            "wall_time_s": {**{k: round(v, 3) for k, v in watch.seconds.items()}, "total": round(time.perf_counter() - watch.started, 3)},
-            "peak_memory_bytes": pipeline.peak_memory_bytes(device),
-            "git": results.git_state(),
-            "versions": results.package_versions(),
-            "status": status,
-            "error": error,
-            "created": created,
-            "run_dir": str(run_dir),
-            **facts,
-        }
-        paths = results.write_result(result, run_dir, Path(cfg.paths.results_dir))
-        log.info("result written to %s", ", ".join(map(str, paths)))
+        if main_process:
+            result = {
+                "method": cfg.method.name,
+                "task": cfg.task.name,
+                "model": cfg.model.name,
+                "seed": cfg.seed,
+                "rank": cfg.rank,
+                "alpha": cfg.alpha,
+                "learning_rate": cfg.optim.lr,
+                "experiment": cfg.experiment_name,
+                "config": OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False),
+                "overrides": overrides if overrides is not None else hydra_overrides(),
+                "command": results.command_line(),
+                "wall_time_s": {**{k: round(v, 3) for k, v in watch.seconds.items()}, "total": round(time.perf_counter() - watch.started, 3)},
+                "peak_memory_bytes": pipeline.peak_memory_bytes(device),
+                "git": results.git_state(),
+                "versions": results.package_versions(),
+                "status": status,
+                "error": error,
+                "created": created,
+                "run_dir": str(run_dir),
+                **facts,
+            }
+            paths = results.write_result(result, run_dir, Path(cfg.paths.results_dir))
+            log.info("result written to %s", ", ".join(map(str, paths)))
     return float(facts["metrics"][cfg.task.eval.primary_metric])
 
 

@@ -102,3 +102,20 @@ def test_wandb_offline_writes_its_run_directory(tmp_path):
     assert any(p.suffix == ".wandb" for p in offline_runs[0].iterdir())
     result = json.loads(_result_files(tmp_path)[0].read_text())
     assert result["status"] == "ok" and "grad_norm_mean_first100" in result["telemetry"]
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_writes_one_result(tmp_path):
+    """Two processes (Lightning DDP, gloo on loopback): only global rank 0 evaluates and writes a result."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "ASTRA_ROOT": str(tmp_path)}
+    command = [sys.executable, "run.py", "trainer=debug", "logger=none", "trainer.eval_limit=2", "task.eval.max_new_tokens=4",
+               "trainer.lightning.accelerator=cpu", "trainer.lightning.devices=2", "trainer.lightning.strategy=ddp"]  # fmt: skip
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    assert len(list((tmp_path / "experiments" / "results").rglob("*.json"))) == 1
+    assert len(list((tmp_path / "logs" / "runs").rglob("result*.json"))) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import time
 from pathlib import Path
@@ -20,10 +21,24 @@ from astra.training import CausalLMModule
 log = logging.getLogger(__name__)
 
 
+def process_ranks() -> tuple[int, int]:
+    """(global rank, local rank) of this process: 0, 0 unless a multi-process launcher (Lightning DDP,
+    torchrun, SLURM) set them."""
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
+    # Lightning's own DDP launcher sets only LOCAL_RANK in the processes it starts (one node).
+    global_rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", local_rank)))
+    return global_rank, local_rank
+
+
+def is_main_process() -> bool:
+    """Only the global rank 0 evaluates, exports and writes the result file."""
+    return process_ranks()[0] == 0
+
+
 def choose_device(trainer_cfg: Any) -> torch.device:
     accelerator = str(trainer_cfg.lightning.get("accelerator", "auto"))
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda", process_ranks()[1])
     return torch.device("cpu")
 
 
