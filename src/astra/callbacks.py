@@ -16,49 +16,8 @@ logs ``train/loss`` (every step) and ``val/loss`` (``LossMonitor`` reads ``val/l
 ``trainer.callback_metrics`` for the summary).
 """
 
+from astra import telemetry
 from astra.loggers import build_loggers, finish_loggers, log_summary, logger_session
-from astra.telemetry import (
-    BufferedMetricsCallback,
-    EffectiveRankMonitor,
-    GradNormMonitor,
-    LossMonitor,
-    LRMonitor,
-    RunFactsMonitor,
-    adapter_spectra,
-    attach_run_info,
-    collect_summary,
-    count_tokens,
-    default_callbacks,
-    instantiate_callbacks,
-    module_type,
-    moment_rank_metrics,
-    parameter_counts,
-    peak_memory_mb,
-    rank_metrics,
-    short_layer_name,
-)
+from astra.telemetry import *  # noqa: F403 - this module is the public facade of the telemetry package
 
-__all__ = [
-    "BufferedMetricsCallback",
-    "EffectiveRankMonitor",
-    "GradNormMonitor",
-    "LRMonitor",
-    "LossMonitor",
-    "RunFactsMonitor",
-    "adapter_spectra",
-    "attach_run_info",
-    "build_loggers",
-    "collect_summary",
-    "count_tokens",
-    "default_callbacks",
-    "finish_loggers",
-    "instantiate_callbacks",
-    "log_summary",
-    "logger_session",
-    "moment_rank_metrics",
-    "module_type",
-    "parameter_counts",
-    "peak_memory_mb",
-    "rank_metrics",
-    "short_layer_name",
-]
+__all__ = [*telemetry.__all__, "build_loggers", "finish_loggers", "log_summary", "logger_session"]

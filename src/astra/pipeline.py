@@ -127,8 +127,9 @@ def apply_method(cfg: DictConfig, model: torch.nn.Module, datamodule: TaskDataMo
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    from astra.telemetry import parameter_counts as count
+
+    trainable, total = count(model)
     return {"trainable": trainable, "total": total}
 
 
@@ -182,14 +183,10 @@ class Stopwatch:
 
 def build_telemetry(cfg: DictConfig, run_dir: Path, init_report: dict, init_seconds: float) -> tuple[list, list]:
     """Loggers from ``cfg.logger`` and callbacks from ``cfg.callbacks`` (a dict of ``_target_`` nodes)."""
-    callbacks = [hydra.utils.instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    for callback in callbacks:
-        if hasattr(callback, "set_init_facts"):
-            callback.set_init_facts(init_report=init_report, init_seconds=init_seconds)
-    if cfg.logger.kind == "none":
-        return [], callbacks
-    from astra.loggers import build_loggers
+    from astra.callbacks import attach_run_info, build_loggers, instantiate_callbacks
 
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    attach_run_info(callbacks, init_time_s=init_seconds, init_report=init_report)
     run_name = f"{cfg.method.name}-{cfg.task.name}-{cfg.seed}"
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     return build_loggers(cfg.logger, run_dir, run_name, cfg.experiment_name, config), callbacks
