@@ -61,7 +61,7 @@ def test_collate_pads_and_masks():
 def test_malformed_jsonl_row_names_its_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(ROW) + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: malformed JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl line 2: malformed JSON"):
         read_rows(path)
 
 
@@ -79,7 +79,7 @@ def test_row_without_fields_names_the_row(compose_cfg, tokenizer, tmp_path):
     bad = tmp_path / "train.jsonl"
     bad.write_text(json.dumps(ROW) + "\n" + json.dumps({"question": "no answer"}) + "\n")
     datamodule = _datamodule(compose_cfg, tokenizer, ["task.source=files", f"task.train_file={bad}", f"task.test_file={bad}"])
-    with pytest.raises(ValueError, match="train row 1: .*'answer'"):
+    with pytest.raises(ValueError, match=r"train file .*train\.jsonl line 2: .*'answer'"):
         datamodule.setup()
 
 

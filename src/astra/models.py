@@ -94,6 +94,14 @@ def resolve_pretrained_location(hub_id: str, path: str | None, name: str) -> str
                 f"model.path={path!r} does not exist or is not a directory; point it at a local copy "
                 f"of {hub_id} (a folder with config.json and the weights)"
             )
+        if not (Path(path) / "config.json").is_file():
+            present = sorted(entry.name for entry in Path(path).iterdir())
+            shown = ", ".join(present[:8]) + (f", ... ({len(present)} entries)" if len(present) > 8 else "")
+            raise FileNotFoundError(
+                f"model.path={path!r}: the directory {Path(path).resolve()} has no config.json, so it is not a "
+                f"checkpoint of {hub_id}; it holds: {shown or 'nothing'}. Point model.path at the folder with "
+                "config.json, the tokenizer files and the weights"
+            )
         return str(path)
     cached = _cached_snapshot(hub_id)
     if cached:
@@ -107,18 +115,31 @@ def resolve_pretrained_location(hub_id: str, path: str | None, name: str) -> str
     return hub_id
 
 
-def build_model_and_tokenizer(model_cfg: Any, seed: int):
-    """Build ``(model, tokenizer)`` from a ``conf/model/*.yaml`` node. The model is in train mode."""
-    dtype = resolve_dtype(model_cfg.dtype)
+def build_tokenizer(model_cfg: Any):
+    """The tokenizer of a ``conf/model/*.yaml`` node (loaded before the data, which it tokenises)."""
     if model_cfg.get("hub_id"):
         location = resolve_pretrained_location(model_cfg.hub_id, model_cfg.get("path"), model_cfg.name)
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
         if tokenizer.pad_token is None:  # LLaMA ships without one; the reference code pads with EOS
             tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+    return load_tiny_tokenizer()
+
+
+def build_model(model_cfg: Any, seed: int, tokenizer):
+    """The model of a ``conf/model/*.yaml`` node, in train mode."""
+    dtype = resolve_dtype(model_cfg.dtype)
+    if model_cfg.get("hub_id"):
+        location = resolve_pretrained_location(model_cfg.hub_id, model_cfg.get("path"), model_cfg.name)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
     else:
-        tokenizer = load_tiny_tokenizer()
         model = build_llama_from_config(seed=seed, dtype=dtype, vocab_size=len(tokenizer), **model_cfg.architecture)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.train()  # from_pretrained returns eval mode; dropout must be live for training
-    return model, tokenizer
+    return model
+
+
+def build_model_and_tokenizer(model_cfg: Any, seed: int):
+    """Build ``(model, tokenizer)`` from a ``conf/model/*.yaml`` node. The model is in train mode."""
+    tokenizer = build_tokenizer(model_cfg)
+    return build_model(model_cfg, seed, tokenizer), tokenizer

@@ -11,9 +11,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from astra.data.formats import Example, get_formatter
+from astra.data.resumable import ResumableRandomSampler
 from astra.data.sources import load_split
 
 IGNORE_INDEX = -100
+EMPTY_SPLIT_CONSEQUENCE = {
+    "train": "training needs at least one row",
+    "test": "evaluation would report a score from 0 examples",
+}
 
 
 class TokenizedExamples(Dataset):
@@ -56,6 +61,13 @@ def collate(features: list[dict], pad_token_id: int, pad_to: int | None = None) 
     return batch
 
 
+def _reason(error: Exception) -> str:
+    message = error.args[0] if error.args else ""  # str(KeyError(...)) would wrap the message in quotes
+    if isinstance(error, (KeyError, ValueError)):
+        return str(message)
+    return f"{type(error).__name__}: {message}"  # a wrong-typed field: the type is part of the story
+
+
 class TaskDataModule(pl.LightningDataModule):
     """Train/validation/calibration loaders for one task; test examples are kept as text for generation."""
 
@@ -68,27 +80,44 @@ class TaskDataModule(pl.LightningDataModule):
         self.train_set: TokenizedExamples | None = None
         self.val_set: TokenizedExamples | None = None
         self.test_examples: list[Example] = []
+        self._resume_position: tuple[int, int] | None = None  # (epoch, batches done), from a checkpoint
 
-    def _format_rows(self, rows: list[dict], split: str) -> list[Example]:
+    def _load_examples(self, split: str) -> list[Example]:
+        """The split's rows, formatted; an error names the file and line of the row at fault."""
+        loaded = load_split(self.task_cfg, split)
+        if not loaded.rows:
+            consequence = EMPTY_SPLIT_CONSEQUENCE[split]
+            raise ValueError(
+                f"task {self.task_cfg.name}: the {split} split ({loaded.origin}) has no rows; {consequence}. "
+                f"Expected at least one JSON object with the fields the {self.task_cfg.formatter!r} formatter reads"
+            )
         examples = []
-        for index, row in enumerate(rows):
+        for row, location in zip(loaded.rows, loaded.locations, strict=True):
             try:
                 examples.append(self.formatter(row))
-            except (KeyError, ValueError) as error:
-                raise ValueError(f"task {self.task_cfg.name}, {split} row {index}: {error}") from None
+            except (KeyError, ValueError, TypeError, AttributeError) as error:  # e.g. a number where text belongs
+                raise ValueError(f"task {self.task_cfg.name}, {split} {location}: {_reason(error)}") from None
         return examples
+
+    def _check_val_size(self, n_rows: int) -> None:
+        if not 0 <= self.val_size < n_rows:
+            raise ValueError(
+                f"trainer.val_size={self.val_size} must be in [0, {n_rows - 1}]: task {self.task_cfg.name} has "
+                f"{n_rows} training rows and at least one must remain for training"
+            )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        train_examples = self._format_rows(load_split(self.task_cfg, "train"), "train")
+        train_examples = self._load_examples("train")
+        self._check_val_size(len(train_examples))
         features = [tokenize_example(example, self.tokenizer, self.max_length) for example in train_examples]
         order = list(range(len(features)))
         random.Random(self.seed).shuffle(order)
         val_ids, train_ids = sorted(order[: self.val_size]), sorted(order[self.val_size :])
         self.train_set = TokenizedExamples([features[i] for i in train_ids], train_ids)
         self.val_set = TokenizedExamples([features[i] for i in val_ids], val_ids) if val_ids else None
-        self.test_examples = self._format_rows(load_split(self.task_cfg, "test"), "test")
+        self.test_examples = self._load_examples("test")
 
     def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, pad_to: int | None = None) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
@@ -102,7 +131,37 @@ class TaskDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True, batch_size=self.batch_size)
+        # The order of epoch e depends on (seed, e) only, so a resumed run continues with the same batches.
+        sampler = ResumableRandomSampler(len(self.train_set), self.seed)
+        if self._resume_position is not None:
+            epoch, batches_done = self._resume_position
+            sampler.resume_at(epoch, batches_done * self.batch_size * self._world_size())
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate, pad_token_id=self.tokenizer.pad_token_id),
+        )
+
+    def _world_size(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.world_size) if trainer is not None else 1
+
+    def state_dict(self) -> dict:
+        """The data position saved in a checkpoint: the epoch and the batches of it already trained on."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        epoch = trainer.current_epoch
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:  # saved on the epoch's last batch: resume at the next epoch
+            epoch, done = epoch + 1, 0
+        return {"epoch": int(epoch), "batches_done": int(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._resume_position = (int(state["epoch"]), int(state["batches_done"]))
 
     def val_dataloader(self):
         return self._loader(self.val_set, shuffle=False, batch_size=self.batch_size) if self.val_set else []

@@ -1,9 +1,15 @@
-"""Reading task rows from the shipped sample, local files, or the Hugging Face Hub."""
+"""Reading task rows from the shipped sample, local files, or the Hugging Face Hub.
+
+Every row keeps where it came from (file and 1-based line, or Hub dataset and row), so an error about a
+row can point at the line to fix.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from json.decoder import WHITESPACE
 from pathlib import Path
 from typing import Any
 
@@ -11,34 +17,103 @@ SAMPLES_DIR = Path(__file__).parent / "samples"
 SOURCES = ("sample", "files", "hub")
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a .jsonl file (one object per line) or a .json file (an array of objects)."""
+@dataclass(frozen=True)
+class SplitRows:
+    """The rows of one split and, in parallel, where each is (``"file /data/train.jsonl line 5"``)."""
+
+    rows: list[dict]
+    locations: list[str]
+    origin: str  # the whole split, e.g. "file /data/train.jsonl" or "hub openai/gsm8k split 'train'"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _decode_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        offset = error.start
+        line = data.count(b"\n", 0, offset) + 1
+        column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+        raise ValueError(
+            f"{path} line {line}: byte 0x{data[offset]:02x} at file offset {offset} (byte {column} of the line) "
+            f"is not valid UTF-8 ({error.reason}); save the file as UTF-8"
+        ) from None
+    return text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is still UTF-8 (editors on Windows write one)
+
+
+def _object_or_error(row: Any, path: Path, line: int, expected: str) -> dict:
+    if not isinstance(row, dict):
+        raise ValueError(f"{path} line {line}: expected a JSON object ({expected}), got {type(row).__name__}")
+    return row
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    rows = []
+    # split("\n"), not splitlines(): line numbers must match what editors show, and splitlines() also
+    # breaks on characters such as \u2028 that may sit inside a JSON string.
+    for line_number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path} line {line_number}: malformed JSON row ({error.msg} at column {error.colno})"
+            ) from None
+        rows.append((line_number, _object_or_error(row, path, line_number, "one object per line")))
+    return rows
+
+
+def _json_array_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    if not text.strip():
+        return []  # an empty file is an empty split (reported as such), not a JSON syntax error
+    try:
+        document = json.loads(text)  # validates the whole file first, so the walk below cannot fail
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} line {error.lineno}: malformed JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(document, list):
+        raise ValueError(
+            f"{path}: expected a JSON array of objects ([{{...}}, {{...}}]), got {type(document).__name__}; "
+            "or use a .jsonl file with one object per line"
+        )
+    decoder, rows = json.JSONDecoder(), []
+    position = WHITESPACE.match(text, 0).end() + 1  # just past '['
+    line, counted_to = 1, 0
+    for _ in document:
+        start = WHITESPACE.match(text, position).end()
+        line, counted_to = line + text.count("\n", counted_to, start), start
+        row, end = decoder.raw_decode(text, start)
+        rows.append((line, _object_or_error(row, path, line, "each array element")))
+        position = WHITESPACE.match(text, end).end() + 1  # just past ',' or ']'
+    return rows
+
+
+def read_rows_with_lines(path: str | Path) -> list[tuple[int, dict]]:
+    """``(line, row)`` pairs of a .jsonl file (one object per line) or a .json file (an array of objects);
+    ``line`` is 1-based: the row's line in a .jsonl file, the line its object starts on in a .json file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
-    if path.suffix == ".jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{line_number}: malformed JSON row ({error.msg})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
-                rows.append(row)
-        return rows
-    if path.suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-            raise ValueError(f"{path}: expected a JSON array of objects")
-        return rows
-    raise ValueError(f"data file {path} has suffix {path.suffix!r}; expected .jsonl or .json")
+    if path.suffix not in (".jsonl", ".json"):
+        raise ValueError(f"data file {path} has suffix {path.suffix!r}; expected .jsonl or .json")
+    text = _decode_utf8(path)
+    return _jsonl_rows(path, text) if path.suffix == ".jsonl" else _json_array_rows(path, text)
 
 
-def _hub_rows(hub: Any, split: str) -> list[dict]:
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a .jsonl file (one object per line) or a .json file (an array of objects)."""
+    return [row for _, row in read_rows_with_lines(path)]
+
+
+def _file_split(path: str | Path) -> SplitRows:
+    numbered = read_rows_with_lines(path)
+    return SplitRows([row for _, row in numbered], [f"file {path} line {line}" for line, _ in numbered], f"file {path}")
+
+
+def _hub_split(hub: Any, split: str) -> SplitRows:
     from astra.models import _hub_reachable
 
     if not _hub_reachable():
@@ -48,20 +123,22 @@ def _hub_rows(hub: Any, split: str) -> list[dict]:
         )
     import datasets
 
-    dataset = datasets.load_dataset(hub.path, hub.get("name"), split=split)
-    return [dict(row) for row in dataset]
+    rows = [dict(row) for row in datasets.load_dataset(hub.path, hub.get("name"), split=split)]
+    origin = f"hub {hub.path} split {split!r}"
+    return SplitRows(rows, [f"{origin} row {number}" for number in range(1, len(rows) + 1)], origin)
 
 
-def load_split(task_cfg: Any, split: str) -> list[dict]:
-    """Rows of ``split`` ('train' or 'test') for the task, from the source the task config names."""
+def load_split(task_cfg: Any, split: str) -> SplitRows:
+    """Rows of ``split`` ('train' or 'test') for the task, with their locations, from the source the task
+    config names."""
     source = task_cfg.source
     if source == "sample":
-        return read_rows(SAMPLES_DIR / task_cfg.sample_dir / f"{split}.jsonl")
+        return _file_split(SAMPLES_DIR / task_cfg.sample_dir / f"{split}.jsonl")
     if source == "files":
         path = task_cfg.get(f"{split}_file")
         if not path:
             raise ValueError(f"task.source=files needs task.{split}_file=<path to .jsonl or .json>")
-        return read_rows(os.path.expanduser(str(path)))
+        return _file_split(os.path.expanduser(str(path)))
     if source == "hub":
-        return _hub_rows(task_cfg.hub, task_cfg.hub[f"{split}_split"])
+        return _hub_split(task_cfg.hub, task_cfg.hub[f"{split}_split"])
     raise ValueError(f"task.source={source!r} is unknown; valid sources: {list(SOURCES)}")
