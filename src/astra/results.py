@@ -1,14 +1,18 @@
-"""One JSON result file per run: written atomically, never overwriting another run's file."""
+"""One JSON result file per run: written atomically, never overwriting another run's file.
+
+Result files are strict JSON (NaN / Infinity become ``null``, their paths listed under ``non_finite``) so any
+JSON reader can load them, and they get the usual ``0o666 & ~umask`` permissions so collaborators can read them.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
 import subprocess
 import sys
-import tempfile
 import uuid
 from datetime import datetime, timezone
 from importlib import metadata
@@ -22,18 +26,23 @@ REQUIRED_KEYS = (
     "train_loss", "parameters", "wall_time_s", "peak_memory_bytes", "git", "versions", "status", "error",
     "created", "experiment", "run_dir",
 )  # fmt: skip
+RESULT_COPY_FILE = "result_copy.txt"  # in the run directory: where write_result put the results-directory copy
 
 
 def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any]:
-    """Commit and dirtiness of the source tree; nulls when it is not a git checkout."""
+    """Commit and dirtiness of the source tree; nulls when it is not a git checkout.
+
+    Only tracked changes count: untracked files (earlier runs' result files, logs) would otherwise make every
+    run after the first look "dirty"."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=10)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
     if commit.returncode != 0:
         return {"commit": None, "dirty": None}
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -68,38 +77,139 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", str(text)).strip("-") or "run"
 
 
-def _write_atomic_exclusive(payload: str, directory: Path, stem: str) -> Path:
-    """Write to a temp file in ``directory``, then hard-link it to a name no other file has."""
+def sanitize_non_finite(obj: Any, path: str = "") -> tuple[Any, list[str]]:
+    """A copy of ``obj`` with every NaN / ±Infinity replaced by ``None``, and the JSON paths of the replaced
+    fields (``"train_loss.per_step[2]"``, ``"metrics.accuracy"``). Tuples become lists (as JSON has them);
+    numpy / torch scalars (anything 0-dimensional with ``.item()``) become Python numbers first, so they are
+    checked too and are written as numbers rather than strings."""
+    is_scalar_array = getattr(obj, "ndim", None) == 0 and hasattr(obj, "item")
+    if is_scalar_array and not isinstance(obj, (str, bytes, dict, list, tuple)):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return (float(obj), []) if math.isfinite(obj) else (None, [path])
+    if isinstance(obj, dict):
+        clean, found = {}, []
+        for key, value in obj.items():
+            clean[key], paths = sanitize_non_finite(value, f"{path}.{key}" if path else str(key))
+            found += paths
+        return clean, found
+    if isinstance(obj, (list, tuple)):
+        clean_list, found = [], []
+        for index, value in enumerate(obj):
+            clean_value, paths = sanitize_non_finite(value, f"{path}[{index}]")
+            clean_list.append(clean_value)
+            found += paths
+        return clean_list, found
+    return obj, []
+
+
+def _payload(result: dict[str, Any]) -> str:
+    """Strict JSON text of ``result`` (checked for REQUIRED_KEYS), with the top-level ``non_finite`` list.
+
+    Paths a caller already listed (the run code may sanitise parts itself) are kept, then the ones found here."""
+    missing = [key for key in REQUIRED_KEYS if key not in result]
+    if missing:
+        raise KeyError(f"result is missing keys {missing}")
+    clean, found = sanitize_non_finite({key: value for key, value in result.items() if key != "non_finite"})
+    listed = [str(path) for path in result.get("non_finite") or []]
+    clean["non_finite"] = list(dict.fromkeys([*listed, *found]))
+    # allow_nan=False: a non-finite float that slipped past the sanitiser is an error, not an invalid file.
+    return json.dumps(clean, indent=2, sort_keys=False, default=str, allow_nan=False)
+
+
+def _write_temp(payload: str, directory: Path) -> Path:
+    """Write ``payload`` to a fresh hidden temp file in ``directory`` and fsync it.
+
+    os.open with mode 0o666 lets the kernel apply the umask (tempfile.mkstemp would force 0o600), and needs no
+    racy os.umask() round trip; O_EXCL keeps two writers off the same temp name."""
     directory.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    temp = directory / f".tmp-{uuid.uuid4().hex}.json"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a link / rename in ``directory`` durable; best effort (not every platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic_exclusive(payload: str, directory: Path, stem: str) -> Path:
+    """Write to a temp file in ``directory``, then hard-link it to a name no other file has."""
+    temp = _write_temp(payload, directory)
+    try:
         for attempt in range(100):
             suffix = "" if attempt == 0 else f"-{uuid.uuid4().hex[:8]}"
             target = directory / f"{stem}{suffix}.json"
             try:
-                os.link(temp_name, target)  # fails if target exists: never overwrite
+                os.link(temp, target)  # fails if target exists: never overwrite
+                _fsync_dir(directory)
                 return target
             except FileExistsError:
                 continue
         raise FileExistsError(f"could not find a free result file name for {stem} in {directory}")
     finally:
-        os.unlink(temp_name)
+        temp.unlink(missing_ok=True)
+
+
+def _replace_atomic(payload: str, target: Path) -> Path:
+    """Replace ``target`` (or create it) so that readers see the old or the new content, never a mix."""
+    temp = _write_temp(payload, target.parent)
+    try:
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+    return target
 
 
 def write_result(result: dict[str, Any], run_dir: Path, results_root: Path) -> list[Path]:
-    """Write ``result`` to ``<run_dir>/result.json`` and ``<results_root>/<experiment>/<run-name>.json``."""
-    missing = [key for key in REQUIRED_KEYS if key not in result]
-    if missing:
-        raise KeyError(f"result is missing keys {missing}")
-    payload = json.dumps(result, indent=2, sort_keys=False, default=str)
+    """Write ``result`` to ``<run_dir>/result.json`` and ``<results_root>/<experiment>/<run-name>.json``.
+
+    The copy's absolute path goes into ``<run_dir>/result_copy.txt`` so a resumed run can replace that very
+    file (see :func:`replace_result`) instead of leaving a stale copy beside a new one."""
+    payload = _payload(result)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     stem = _slug(f"{result['method']}-{result['task']}-{result['model']}-seed{result['seed']}-{stamp}")
     paths = [_write_atomic_exclusive(payload, Path(run_dir), "result")]
     paths.append(_write_atomic_exclusive(payload, Path(results_root) / _slug(result["experiment"]), stem))
+    _replace_atomic(f"{paths[1].resolve()}\n", Path(run_dir) / RESULT_COPY_FILE)
+    return paths
+
+
+def result_copy_path(run_dir: Path) -> Path | None:
+    """Where :func:`write_result` put the results-directory copy of this run's result; None if not recorded."""
+    try:
+        line = (Path(run_dir) / RESULT_COPY_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return Path(line) if line else None
+
+
+def replace_result(result: dict[str, Any], run_dir: Path, results_copy: Path | None) -> list[Path]:
+    """A resumed run's final result: atomically replace ``<run_dir>/result.json`` and, when known, the copy
+    in the results directory (the path :func:`result_copy_path` gives), so each run keeps exactly one file."""
+    payload = _payload(result)
+    paths = [_replace_atomic(payload, Path(run_dir) / "result.json")]
+    if results_copy is not None:
+        paths.append(_replace_atomic(payload, Path(results_copy)))
     return paths
 
 
