@@ -2,111 +2,128 @@
 
     python run.py method=astra task=gsm8k                  # one run (defaults: conf/config.yaml)
     python run.py -m method=lora,pissa,astra seed=1,2,3    # a Hydra multirun grid
+    python run.py resume=logs/runs/<run_dir>               # continue an interrupted run from its checkpoint
 
-Reads as a straight line: compose -> model -> data -> method init (with calibration) -> fit -> evaluate ->
-result file. Every step is a plain function in ``astra.pipeline`` that a test can call.
+Reads as a straight line: validate -> tokenizer, data, model -> method init (with calibration) -> fit ->
+evaluate -> result file. Every step is a plain function in ``astra.pipeline`` that a test can call. Whatever
+happens (an error, a diverged loss, SIGINT or SIGTERM in any phase), the run writes its result file with
+status ``ok``, ``failed`` or ``interrupted``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 import hydra
 import lightning.pytorch as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from astra import pipeline, results
+from astra import hydra_support, pipeline, results  # hydra_support registers ${astra_uid:} before composing
+from astra.checkpointing import resume_argv
 from astra.evaluation import evaluate_generation
-from astra.models import build_model_and_tokenizer
+from astra.interrupts import RunInterrupted, interruption_guard
+from astra.models import build_model, build_tokenizer
+from astra.run_record import RunRecord
+from astra.training import TrainingDivergedError
+from astra.validation import validate_run_config
 
 log = logging.getLogger("run")
-
-
-def hydra_overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     """One run. Returns the task's primary metric (so Hydra sweepers can optimise it)."""
     run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    watch, created = pipeline.Stopwatch(), results.now_iso()
-    facts: dict[str, Any] = {"metrics": {}, "train_loss": results.loss_summary([]), "parameters": None}
-    device = pipeline.choose_device(cfg.trainer)
+    record = RunRecord(cfg, run_dir, overrides if overrides is not None else hydra_support.task_overrides())
+    watch = record.watch
     # Under multi-GPU strategies every rank runs this function; each computes the same seeded init, but only
-    # rank 0 evaluates, exports and writes the result file.
+    # global rank 0 evaluates, exports and writes the result file.
     main_process = pipeline.is_main_process()
-    loggers, callbacks, status, error = [], [], "ok", None
-    try:
-        pl.seed_everything(cfg.seed, workers=True)
-        model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.seed)
-        datamodule = pipeline.build_datamodule(cfg, tokenizer)
-        with watch("init"):
-            model, init_report = pipeline.apply_method(cfg, model, datamodule, device)
-        facts["init"] = {k: v for k, v in init_report.items() if not k.startswith("_")}
-        facts["parameters"] = pipeline.parameter_counts(model)
-        if main_process:
-            pipeline.save_initial_adapter(cfg, model, run_dir)
+    loggers, callbacks, module, trainer = [], [], None, None
+    with interruption_guard() as guard:
+        try:
+            with watch("setup"):
+                validate_run_config(cfg)
+                record.resume_from = pipeline.resume_checkpoint(cfg, run_dir)
+                device = record.device = pipeline.choose_device(cfg.trainer)
+                pl.seed_everything(cfg.seed, workers=True)
+                tokenizer = build_tokenizer(cfg.model)
+                datamodule = pipeline.build_datamodule(cfg, tokenizer)
+                model = build_model(cfg.model, cfg.seed, tokenizer)
+            with watch("init"):
+                model, init_report = pipeline.apply_method(cfg, model, datamodule, device)
+            record.facts["init"] = {k: v for k, v in init_report.items() if not k.startswith("_")}
+            record.facts["parameters"] = pipeline.parameter_counts(model)
+            if main_process and record.resume_from is None:
+                pipeline.save_initial_adapter(cfg, model, run_dir)
 
-        loggers, callbacks = pipeline.build_telemetry(cfg, run_dir, init_report, watch.seconds["init"])
-        trainer = pipeline.build_trainer(cfg, device, loggers, callbacks, run_dir)
-        main_process = trainer.is_global_zero
-        with watch("train"):
-            module = pipeline.fit(cfg, model, datamodule, trainer)
-        facts["train_loss"] = results.loss_summary(module.loss_history())
-        if not main_process:
-            return float("nan")
+            loggers, callbacks = pipeline.build_telemetry(cfg, run_dir, init_report, watch.seconds["init"])
+            trainer = pipeline.build_trainer(cfg, device, loggers, callbacks, run_dir)
+            module = pipeline.build_module(cfg, model, device)
+            main_process = trainer.is_global_zero
+            with watch("train"):
+                pipeline.fit(module, datamodule, trainer, ckpt_path=record.resume_from)
+            if not main_process:
+                return float("nan")
 
-        with watch("eval"):
-            model.to(device)
-            evaluation = evaluate_generation(model, tokenizer, datamodule.test_examples, cfg.task.eval, cfg.trainer.eval_limit, device)
-        facts["metrics"], facts["eval_samples"] = evaluation["metrics"], evaluation["samples"]
-        facts["exported"] = pipeline.export_adapter(cfg, model, run_dir)
-    except BaseException as exc:  # the result file records the failure; the error still propagates
-        status, error = "failed", "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        log.error("run failed: %s\n%s", error, traceback.format_exc())
-        raise
-    finally:
-        facts["telemetry"] = pipeline.telemetry_summary(callbacks)
-        pipeline.finish_telemetry(loggers, failed=status != "ok", summary=facts["telemetry"])
-        if main_process:
-            result = {
-                "method": cfg.method.name,
-                "task": cfg.task.name,
-                "model": cfg.model.name,
-                "seed": cfg.seed,
-                "rank": cfg.rank,
-                "alpha": cfg.alpha,
-                "learning_rate": cfg.optim.lr,
-                "experiment": cfg.experiment_name,
-                "config": OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False),
-                "overrides": overrides if overrides is not None else hydra_overrides(),
-                "command": results.command_line(),
-                "wall_time_s": {**{k: round(v, 3) for k, v in watch.seconds.items()}, "total": round(time.perf_counter() - watch.started, 3)},
-                "peak_memory_bytes": pipeline.peak_memory_bytes(device),
-                "git": results.git_state(),
-                "versions": results.package_versions(),
-                "status": status,
-                "error": error,
-                "created": created,
-                "run_dir": str(run_dir),
-                **facts,
-            }
-            paths = results.write_result(result, run_dir, Path(cfg.paths.results_dir))
-            log.info("result written to %s", ", ".join(map(str, paths)))
-    return float(facts["metrics"][cfg.task.eval.primary_metric])
+            with watch("eval"):
+                model.to(device)
+                evaluation = evaluate_generation(model, tokenizer, datamodule.test_examples, cfg.task.eval, cfg.trainer.eval_limit, device)
+            record.facts["metrics"], record.facts["eval_samples"] = evaluation["metrics"], evaluation["samples"]
+            with watch("export"):
+                record.facts["exported"] = pipeline.export_adapter(cfg, model, run_dir)
+                pipeline.remove_checkpoint(run_dir)
+        except RunInterrupted as exc:
+            record.interrupted(exc, trainer)
+            raise
+        except BaseException as exc:  # the result file records the failure; the error still propagates
+            # A NaN loss can surface first as another error (an SVD in telemetry, a NaN in generation): name it.
+            diverged = exc if isinstance(exc, TrainingDivergedError) else module.first_divergence() if module else None
+            record.failed(exc, diverged)
+            log.error("run failed: %s\n%s", record.error, traceback.format_exc())
+            if diverged is not None and diverged is not exc:
+                raise diverged from exc
+            raise
+        finally:
+            guard.shield()  # a second signal must not cut the result file short
+            if module is not None:
+                record.facts["train_loss"] = results.loss_summary(module.loss_history())
+                record.facts["resumed_from_step"] = module.resumed_from_step
+            if trainer is not None:
+                record.facts["steps_done"] = int(trainer.global_step)
+            record.facts["telemetry"] = pipeline.telemetry_summary(callbacks)
+            pipeline.finish_telemetry(loggers, failed=record.status != "ok", summary=record.facts["telemetry"])
+            if main_process:
+                try:
+                    paths = record.write(Path(cfg.paths.results_dir))
+                    log.info("result (%s) written to %s", record.status, ", ".join(map(str, paths)))
+                except Exception:
+                    if record.status == "ok":
+                        raise
+                    log.exception("could not write the result file; the run's own error follows")
+    return float(record.facts["metrics"][cfg.task.eval.primary_metric])
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)
+    try:
+        return train(cfg)
+    except RunInterrupted as exc:
+        # 130 / 143, as a shell reports a death by SIGINT / SIGTERM, so schedulers see a preempted job.
+        sys.exit(exc.exit_code)
+    except Exception:
+        if not hydra_support.in_multirun():
+            raise
+        # In a multirun the other jobs still run; the closing report (MultirunReport) lists every failed job
+        # and makes the command fail.
+        return float("nan")
 
 
 if __name__ == "__main__":
+    sys.argv = resume_argv(sys.argv)
     main()
+    if hydra_support.FAILED_JOBS_REPORT:  # a multirun with failed jobs: list them all and fail the command
+        print(hydra_support.FAILED_JOBS_REPORT, file=sys.stderr)
+        sys.exit(1)

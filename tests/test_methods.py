@@ -106,7 +106,7 @@ def test_residual_export_loads_on_original_base(tmp_path, method):
     model, _ = pipeline.apply_method(cfg, model, datamodule, torch.device("cpu"))
     pipeline.save_initial_adapter(cfg, model, run_dir)
     trainer = pipeline.build_trainer(cfg, torch.device("cpu"), [], [], run_dir)
-    pipeline.fit(cfg, model, datamodule, trainer)
+    pipeline.fit(pipeline.build_module(cfg, model, torch.device("cpu")), datamodule, trainer)
     exported = pipeline.export_adapter(cfg, model, run_dir)
     batch = _probe_batch(datamodule)
     trained = _logits(model, batch)

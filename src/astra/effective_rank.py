@@ -52,7 +52,13 @@ def effective_rank(singular_values: Tensor) -> Tensor:
     p = s / torch.where(total > 0, total, torch.ones_like(total))
     # 0 * log 0 := 0; xlogy does exactly that.
     entropy = -torch.special.xlogy(p, p).sum(dim=-1)
-    return torch.where(total.squeeze(-1) > 0, entropy.exp(), torch.zeros_like(entropy))
+    out = torch.where(total.squeeze(-1) > 0, entropy.exp(), torch.zeros_like(entropy))
+    return _nan_where_nan(singular_values, out)
+
+
+def _nan_where_nan(singular_values: Tensor, out: Tensor) -> Tensor:
+    """A spectrum holding NaN (a diverged matrix) has no rank: NaN, never a plausible-looking 0."""
+    return torch.where(torch.isnan(singular_values).any(dim=-1), torch.full_like(out, float("nan")), out)
 
 
 def stable_rank(singular_values: Tensor) -> Tensor:
@@ -60,7 +66,8 @@ def stable_rank(singular_values: Tensor) -> Tensor:
     s = singular_values.clamp_min(0)
     top = s.amax(dim=-1)
     frob = s.square().sum(dim=-1)
-    return torch.where(top > 0, frob / torch.where(top > 0, top, torch.ones_like(top)).square(), torch.zeros_like(top))
+    out = torch.where(top > 0, frob / torch.where(top > 0, top, torch.ones_like(top)).square(), torch.zeros_like(top))
+    return _nan_where_nan(singular_values, out)
 
 
 def spectrum_from_eigenvalues(eigenvalues: Tensor) -> Tensor:
@@ -100,7 +107,15 @@ def lowrank_singular_values(
         core = core * scale.reshape(scale.shape + (1, 1))
     else:
         core = core * abs(float(scaling))
-    return torch.linalg.svdvals(core)
+    return svdvals_or_nan(core)
+
+
+def svdvals_or_nan(matrix: Tensor) -> Tensor:
+    """``torch.linalg.svdvals``, but a matrix holding NaN or Inf (a diverged run) gives NaN singular values
+    instead of an error, so telemetry never masks the divergence the run reports. No host sync."""
+    bad = ~torch.isfinite(matrix).flatten(-2).all(-1)
+    values = torch.linalg.svdvals(torch.where(bad[..., None, None], torch.zeros_like(matrix), matrix))
+    return torch.where(bad[..., None], torch.full_like(values, float("nan")), values)
 
 
 def dense_singular_values(matrix: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -110,7 +125,7 @@ def dense_singular_values(matrix: Tensor, dtype: torch.dtype | None = None) -> T
     compute = dtype or matrix.dtype
     if compute not in (torch.float32, torch.float64):
         compute = torch.float32
-    return torch.linalg.svdvals(matrix.detach().to(compute))
+    return svdvals_or_nan(matrix.detach().to(compute))
 
 
 def lowrank_ranks(A: Tensor, B: Tensor, scaling: Scaling = 1.0) -> tuple[Tensor, Tensor]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import resource
-import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from astra.checkpointing import PeriodicCheckpoint, checkpoint_path
 from astra.data.datamodule import TaskDataModule
 from astra.methods.base import InitContext, lora_layers
 from astra.training import CausalLMModule
@@ -140,45 +141,83 @@ def build_trainer(cfg: DictConfig, device: torch.device, loggers: list, callback
         kwargs["limit_val_batches"] = 0  # no validation split: skip the loop instead of warning about it
     if kwargs.get("accelerator", "auto") == "auto":
         kwargs["accelerator"] = "gpu" if device.type == "cuda" else "cpu"
+    every = cfg.trainer.get("checkpoint_every_n_steps")
+    checkpointing = [PeriodicCheckpoint(run_dir, every)] if every else []
     return pl.Trainer(
         default_root_dir=str(run_dir),
         logger=loggers or False,
-        callbacks=callbacks,
-        enable_checkpointing=False,  # adapters are exported explicitly; full checkpoints of 7B models are not wanted
+        callbacks=[*callbacks, *checkpointing],
+        enable_checkpointing=False,  # PeriodicCheckpoint saves what resuming needs: never the frozen base model
         **kwargs,
     )
 
 
-def fit(cfg: DictConfig, model, datamodule: TaskDataModule, trainer: pl.Trainer) -> CausalLMModule:
-    module = CausalLMModule(model, cfg.optim)
-    trainer.fit(module, datamodule=datamodule)
-    return module
+def finite_check_interval(cfg: DictConfig, device: torch.device) -> int:
+    """``auto``: every step on CPU (a host read costs nothing there), every 10 steps on a GPU."""
+    every = cfg.trainer.get("check_finite_every_n_steps", "auto")
+    if every == "auto":
+        return 1 if device.type == "cpu" else 10
+    return int(every)
 
 
-def peak_memory_bytes(device: torch.device) -> dict[str, int | None]:
-    gpu = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    # ru_maxrss is in KiB on Linux.
-    return {"gpu_max_allocated": gpu, "cpu_max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+def build_module(cfg: DictConfig, model, device: torch.device) -> CausalLMModule:
+    every = finite_check_interval(cfg, device) * int(cfg.trainer.lightning.get("accumulate_grad_batches", 1))
+    return CausalLMModule(model, cfg.optim, check_finite_every_n_steps=every)
 
 
-class Stopwatch:
-    """Wall time per named phase."""
+def fit(module: CausalLMModule, datamodule: TaskDataModule, trainer: pl.Trainer, ckpt_path: Path | None = None) -> None:
+    with warnings.catch_warnings():
+        # The data position is restored by TaskDataModule.load_state_dict, not by the loader Lightning checks.
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
-    def __init__(self):
-        self.started = time.perf_counter()
-        self.seconds: dict[str, float] = {}
 
-    def __call__(self, name: str):
-        watch = self
+def remove_checkpoint(run_dir: Path) -> None:
+    """After a run finished ok its checkpoint is no longer needed (for full fine-tuning it is several times the
+    model's size): the exported adapter and the result file are what remain."""
+    path = checkpoint_path(run_dir)
+    if path.is_file():
+        path.unlink()
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
 
-        class _Phase:
-            def __enter__(self):
-                self.start = time.perf_counter()
 
-            def __exit__(self, *exc):
-                watch.seconds[name] = watch.seconds.get(name, 0.0) + time.perf_counter() - self.start
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """For ``resume=<run_dir>``: the checkpoint to continue from, after checking that the recomposed config is
+    the one the run recorded (config files edited since would silently change the science)."""
+    if not cfg.get("resume"):
+        return None
+    if Path(str(cfg.resume)).resolve() != run_dir.resolve():
+        raise ValueError(f"resume={cfg.resume} but this run's directory is {run_dir}; use `python run.py resume=<run_dir>`")
+    path = checkpoint_path(run_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={cfg.resume}: no checkpoint at {path} (set trainer.checkpoint_every_n_steps)")
+    previous_file = run_dir / "result.json"
+    if previous_file.is_file():
+        import json
 
-        return _Phase()
+        previous = json.loads(previous_file.read_text(encoding="utf-8"))
+        if previous.get("status") == "ok":
+            raise ValueError(f"resume={cfg.resume}: that run already finished with status ok; nothing to resume")
+        recorded = previous.get("config") or {}
+        current = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        changed = sorted(differing_keys(recorded, current) - {"resume"})
+        if changed:
+            raise ValueError(
+                f"resume={cfg.resume}: the config recomposed from the run's overrides differs from the one it recorded "
+                f"at {changed[:10]} (were config files edited since?); refusing to continue a different run"
+            )
+    log.info("resuming %s from %s", run_dir, path)
+    return path
+
+
+def differing_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for key in set(a) | set(b):
+            out |= differing_keys(a.get(key), b.get(key), f"{prefix}{key}.") if key in a and key in b else {prefix + key}
+        return out
+    return set() if a == b else {prefix.rstrip(".")}
 
 
 def build_telemetry(cfg: DictConfig, run_dir: Path, init_report: dict, init_seconds: float) -> tuple[list, list]:

@@ -1,0 +1,116 @@
+"""What one run records about itself, assembled into its result file (written by :mod:`astra.results`).
+
+Statuses: ``ok`` (every phase finished), ``failed`` (an error; ``error`` holds it, a diverged loss included),
+``interrupted`` (SIGINT / SIGTERM; ``interruption`` holds the signal and the phase). A resumed run replaces
+its own result file and keeps the earlier attempts under ``attempts``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from astra import results
+
+log = logging.getLogger(__name__)
+
+
+class Stopwatch:
+    """Wall time per named phase; ``phase`` is the phase entered last (what an interruption reports)."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self.phase = "setup"
+
+    def __call__(self, name: str):
+        watch = self
+
+        class _Phase:
+            def __enter__(self):
+                watch.phase, self.start = name, time.perf_counter()
+
+            def __exit__(self, *exc):
+                watch.seconds[name] = watch.seconds.get(name, 0.0) + time.perf_counter() - self.start
+
+        return _Phase()
+
+
+def peak_memory_bytes(device: torch.device | None) -> dict[str, int | None]:
+    gpu = torch.cuda.max_memory_allocated() if device is not None and device.type == "cuda" else None
+    # ru_maxrss is in KiB on Linux.
+    return {"gpu_max_allocated": gpu, "cpu_max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+class RunRecord:
+    def __init__(self, cfg: DictConfig, run_dir: Path, overrides: list[str]):
+        self.cfg, self.run_dir, self.overrides = cfg, Path(run_dir), list(overrides)
+        self.watch = Stopwatch()
+        self.created = results.now_iso()
+        self.status, self.error, self.interruption = "ok", None, None
+        self.device: torch.device | None = None
+        self.resume_from: Path | None = None
+        self.facts: dict[str, Any] = {"metrics": {}, "train_loss": results.loss_summary([]), "parameters": None}
+
+    def interrupted(self, exc: Any, trainer: Any) -> None:
+        self.status, self.error = "interrupted", describe(exc)
+        self.interruption = {"signal": exc.signal_name, "phase": self.watch.phase}
+
+    def failed(self, exc: BaseException, diverged: BaseException | None) -> None:
+        self.status = "failed"
+        self.error = describe(diverged) if diverged is not None else describe(exc)
+        if diverged is not None and diverged is not exc:
+            self.error += f" (then: {describe(exc)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "method": cfg.method.name,
+            "task": cfg.task.name,
+            "model": cfg.model.name,
+            "seed": cfg.seed,
+            "rank": cfg.rank,
+            "alpha": cfg.alpha,
+            "learning_rate": cfg.optim.lr,
+            "experiment": cfg.experiment_name,
+            "config": OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False),
+            "overrides": self.overrides,
+            "command": results.command_line(),
+            "wall_time_s": {**{k: round(v, 3) for k, v in self.watch.seconds.items()},
+                            "total": round(time.perf_counter() - self.watch.started, 3)},
+            "peak_memory_bytes": peak_memory_bytes(self.device),
+            "git": results.git_state(),
+            "versions": results.package_versions(),
+            "status": self.status,
+            "error": self.error,
+            "interruption": self.interruption,
+            "created": self.created,
+            "run_dir": str(self.run_dir),
+            "resumed_from_step": None,
+            **self.facts,
+        }
+
+    def write(self, results_root: Path) -> list[Path]:
+        """A new run writes its result file (and the copy under ``results_root``); a resumed run replaces its
+        own, keeping what the earlier attempts recorded under ``attempts``."""
+        result = self.to_dict()
+        previous_file = self.run_dir / "result.json"
+        if self.resume_from is None or not previous_file.is_file():
+            return results.write_result(result, self.run_dir, results_root)
+        previous = json.loads(previous_file.read_text(encoding="utf-8"))
+        attempt = {key: previous.get(key) for key in ("status", "error", "interruption", "created", "steps_done", "command")}
+        result["attempts"] = [*previous.get("attempts", []), attempt]
+        result["created"] = previous.get("created", result["created"])
+        return results.replace_result(result, self.run_dir, results.result_copy_path(self.run_dir))
