@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from astra.calibration.identity import calibration_cache_identity
 from astra.checkpointing import PeriodicCheckpoint, checkpoint_path
 from astra.data.datamodule import TaskDataModule
 from astra.methods.base import InitContext, lora_layers
@@ -83,17 +84,15 @@ def check_rank_fits(model: torch.nn.Module, target_modules: list[str], rank: int
 
 
 def calibration_identity(cfg: DictConfig, loader) -> dict[str, Any]:
-    """What the calibration statistics depend on besides the method's options (cache key)."""
-    return {
-        "model": cfg.model.name,
-        "model_source": cfg.model.get("path") or cfg.model.get("hub_id") or OmegaConf.to_container(cfg.model.architecture),
-        "model_seed": None if cfg.model.get("hub_id") else cfg.seed,
-        "task": cfg.task.name,
-        "task_source": cfg.task.source,
-        "max_length": cfg.task.max_length,
-        "sample_ids": list(loader.dataset.ids),
-        "target_modules": list(cfg.model.target_modules),
-    }
+    """What the calibration statistics depend on besides the method's options (cache key): the content of the
+    calibration batches and a fingerprint of the model, never names alone. The names are labels for readers."""
+    return calibration_cache_identity(
+        cfg.model,
+        cfg.seed,
+        loader,
+        cfg.model.target_modules,
+        extra={"model": cfg.model.name, "task": cfg.task.name, "task_source": cfg.task.source},
+    )
 
 
 def apply_method(cfg: DictConfig, model: torch.nn.Module, datamodule: TaskDataModule, device: torch.device):

@@ -20,7 +20,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 ACCUMULATION_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-CACHE_FORMAT = 2  # bump when the layout of cached statistics changes
+CACHE_FORMAT = 3  # bump when the layout of cached statistics or of the key changes (3: content-hashed key)
 
 
 class NonFiniteStatisticsError(FloatingPointError):
@@ -265,8 +265,9 @@ def stable_seed(seed: int, name: str) -> int:
 def cache_file_for(context: Any, kind: str, options: Mapping[str, Any]) -> tuple[Path | None, str | None]:
     """Cache path and its key (JSON) for statistics of ``kind`` under ``context.cache_dir``; (None, None) if off.
 
-    The key is the context's data identity (model, task, calibration sample ids) plus the statistics options,
-    so a changed task, sample set, layer set or option never reuses stale statistics.
+    The key is the context's data identity (model fingerprint and calibration-data digest, see
+    :func:`astra.calibration.identity.calibration_cache_identity`) plus the statistics options, so changed
+    data, weights, layer set or option never reuses stale statistics.
     """
     cache_dir = getattr(context, "cache_dir", None)
     if cache_dir is None:

@@ -36,7 +36,8 @@ class InitContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     # Directory for cached calibration statistics; None disables caching.
     cache_dir: Path | None = None
-    # Identity of the calibration data: model identity, task name, calibration sample ids.
+    # Identity of the calibration data: a hash of the calibration batches and a fingerprint of the model
+    # (astra.calibration.identity), plus labels for readers.
     # Engines add their own statistics options before hashing it.
     cache_key: dict[str, Any] = field(default_factory=dict)
     adapter_name: str = ADAPTER
