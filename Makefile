@@ -13,6 +13,7 @@ install:  ## create .venv and install the package with its dev extras (torch pin
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -c constraints.txt --no-deps -r requirements-nodeps.txt
 
 test:  ## run the fast test suite (CPU, offline, temp dirs)
 	$(BIN)/python -m pytest -q
