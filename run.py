@@ -23,7 +23,6 @@ from omegaconf import DictConfig
 
 from astra import hydra_support, pipeline, results  # hydra_support registers ${astra_uid:} before composing
 from astra.checkpointing import resume_argv
-from astra.evaluation import evaluate_generation
 from astra.interrupts import RunInterrupted, interruption_guard
 from astra.models import build_model, build_tokenizer
 from astra.run_record import RunRecord
@@ -69,8 +68,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
                 return float("nan")
 
             with watch("eval"):
-                model.to(device)
-                evaluation = evaluate_generation(model, tokenizer, datamodule.test_examples, cfg.task.eval, cfg.trainer.eval_limit, device)
+                evaluation = pipeline.evaluate(cfg, model, tokenizer, datamodule, device, run_dir)
             record.facts["metrics"], record.facts["eval_samples"] = evaluation["metrics"], evaluation["samples"]
             with watch("export"):
                 record.facts["exported"] = pipeline.export_adapter(cfg, model, run_dir)

@@ -14,7 +14,7 @@ import pytest
 from astra.tasks import code_execution as ce
 from astra.tasks.code_execution import ExecutionPolicy, ExecutionResult, check_humaneval, check_mbpp, run_program
 
-SHARED_MBPP = Path("/work/shared/data/mbpp/mbpp.jsonl")
+SHARED_MBPP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp" / "mbpp.jsonl"
 
 # Original mbpp.jsonl schema (task_id, text, code, test_list, test_setup_code, challenge_test_list); written here.
 MBPP_FIXTURE = [

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from astra.data.datamodule import IGNORE_INDEX, TaskDataModule, collate, tokenize_example
-from astra.data.formats import extract_final_number, gsm8k_example, normalize_number
 from astra.data.sources import read_rows
 from astra.models import load_tiny_tokenizer
+from astra.tasks.math import gsm8k_example
 
 ROW = {"question": "Tom has 3 apples and buys 4,000 more. How many?", "answer": "3+4000=<<3+4000=4003>>4003\n#### 4,003"}
 
@@ -25,18 +25,6 @@ def test_gsm8k_format():
     assert example.prompt.endswith("### Response:") and ROW["question"] in example.prompt
     assert "<<" not in example.answer and example.answer.endswith("The answer is: 4003")
     assert example.reference == "4003"
-
-
-@pytest.mark.parametrize(
-    "text,expected",
-    [("so 5 + 2 = 7. The answer is: 1,250", "1250"), ("x = 3 then 12.50", "12.5"), ("nothing here", None), ("The answer is: -4.0", "-4")],
-)
-def test_extract_final_number(text, expected):
-    assert extract_final_number(text) == expected
-
-
-def test_normalize_number():
-    assert normalize_number("1,234.50") == "1234.5" and normalize_number("7.0") == "7" and normalize_number("abc") == "abc"
 
 
 def test_labels_masked_on_prompt(tokenizer):

@@ -134,7 +134,7 @@ def test_signal_during_evaluation_writes_a_result_with_the_losses(tmp_path, monk
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)
 
-    monkeypatch.setattr(run, "evaluate_generation", interrupted_evaluation)
+    monkeypatch.setattr(run.pipeline, "evaluate", interrupted_evaluation)
     with pytest.raises(RunInterrupted):
         train(tmp_path, [*QUICK, "method=lora", "callbacks=none"])
     result = run_result(tmp_path)

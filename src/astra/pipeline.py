@@ -18,6 +18,7 @@ from astra.calibration.identity import calibration_cache_identity
 from astra.checkpointing import PeriodicCheckpoint, checkpoint_path
 from astra.data.datamodule import TaskDataModule
 from astra.methods.base import InitContext, lora_layers
+from astra.tasks.base import EvalSettings
 from astra.training import CausalLMModule
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,9 @@ def apply_method(cfg: DictConfig, model: torch.nn.Module, datamodule: TaskDataMo
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **peft_kwargs))
     loader, extra = None, {}
     if method.get("calibration"):
-        loader = datamodule.calibration_dataloader(method.calibration.n_samples, method.calibration.batch_size)
+        loader = datamodule.calibration_dataloader(
+            method.calibration.n_samples, method.calibration.batch_size, method.calibration.get("text", "train")
+        )
         extra["n_samples"] = method.calibration.n_samples
     context = InitContext(
         seed=cfg.seed,
@@ -149,6 +152,14 @@ def build_trainer(cfg: DictConfig, device: torch.device, loggers: list, callback
         enable_checkpointing=False,  # PeriodicCheckpoint saves what resuming needs: never the frozen base model
         **kwargs,
     )
+
+
+def evaluate(cfg: DictConfig, model, tokenizer, datamodule: TaskDataModule, device: torch.device, run_dir: Path) -> dict:
+    """Score the test split with the task family's protocol; every generation and score goes to
+    ``<run_dir>/eval/<task>.jsonl``."""
+    settings = EvalSettings(limit=cfg.trainer.eval_limit, device=device, records_path=run_dir / "eval" / f"{cfg.task.name}.jsonl")
+    model.to(device)
+    return datamodule.family.evaluate(model, tokenizer, datamodule.test_examples, cfg.task, settings)
 
 
 def finite_check_interval(cfg: DictConfig, device: torch.device) -> int:

@@ -83,6 +83,9 @@ def validate_run_config(cfg: DictConfig) -> None:
     if _value(cfg, "method.calibration") is not None:
         positive_int(cfg, "method.calibration.n_samples")
         positive_int(cfg, "method.calibration.batch_size")
+        text = _value(cfg, "method.calibration.text")
+        if text not in (None, "train", "reference"):
+            raise ConfigError(f"method.calibration.text={text!r} is not valid: expected 'train' or 'reference'")
     writable_directory("paths.results_dir", _value(cfg, "paths.results_dir"))
     writable_directory("paths.output_dir", _value(cfg, "paths.output_dir"))
     cache_dir = _value(cfg, "paths.cache_dir")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from astra.data.formats import gsm8k_example
 from astra.data.sources import SAMPLES_DIR, read_rows
 from astra.models import SPECIAL_TOKENS, TINY_TOKENIZER_FILE
+from astra.tasks.math import gsm8k_example
 
 VOCAB_SIZE = 2048
 

@@ -10,9 +10,9 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from astra.data.formats import Example, get_formatter
 from astra.data.resumable import ResumableRandomSampler
 from astra.data.sources import load_split
+from astra.tasks.base import Example, get_family
 
 IGNORE_INDEX = -100
 EMPTY_SPLIT_CONSEQUENCE = {
@@ -76,25 +76,28 @@ class TaskDataModule(pl.LightningDataModule):
         self.task_cfg, self.tokenizer = task_cfg, tokenizer
         self.batch_size, self.seed, self.val_size, self.num_workers = batch_size, seed, val_size, num_workers
         self.max_length = int(task_cfg.max_length)
-        self.formatter = get_formatter(task_cfg.formatter)
+        self.family = get_family(task_cfg.family)
+        self.train_rows: list[dict] = []  # raw rows, for calibration text other than the training text
         self.train_set: TokenizedExamples | None = None
         self.val_set: TokenizedExamples | None = None
         self.test_examples: list[Example] = []
         self._resume_position: tuple[int, int] | None = None  # (epoch, batches done), from a checkpoint
 
     def _load_examples(self, split: str) -> list[Example]:
-        """The split's rows, formatted; an error names the file and line of the row at fault."""
+        """The split's rows, formatted by the task's family; an error names the file and line of the row at fault."""
         loaded = load_split(self.task_cfg, split)
+        if split == "train":
+            self.train_rows = loaded.rows
         if not loaded.rows:
             consequence = EMPTY_SPLIT_CONSEQUENCE[split]
             raise ValueError(
                 f"task {self.task_cfg.name}: the {split} split ({loaded.origin}) has no rows; {consequence}. "
-                f"Expected at least one JSON object with the fields the {self.task_cfg.formatter!r} formatter reads"
+                f"Expected at least one JSON object with the fields the {self.task_cfg.format!r} row format reads"
             )
         examples = []
         for row, location in zip(loaded.rows, loaded.locations, strict=True):
             try:
-                examples.append(self.formatter(row))
+                examples.append(self.family.format_row(row, split, self.task_cfg))
             except (KeyError, ValueError, TypeError, AttributeError) as error:  # e.g. a number where text belongs
                 raise ValueError(f"task {self.task_cfg.name}, {split} {location}: {_reason(error)}") from None
         return examples
@@ -166,10 +169,11 @@ class TaskDataModule(pl.LightningDataModule):
     def val_dataloader(self):
         return self._loader(self.val_set, shuffle=False, batch_size=self.batch_size) if self.val_set else []
 
-    def calibration_dataloader(self, n_samples: int, batch_size: int) -> DataLoader:
+    def calibration_dataloader(self, n_samples: int, batch_size: int, text: str = "train") -> DataLoader:
         """Exactly ``n_samples`` training rows chosen with the run's seed, every row padded to
         ``max_length`` as the reference code pads (so batch composition never changes statistics).
-        The chosen source-row ids are at ``loader.dataset.ids``."""
+        The chosen source-row ids are at ``loader.dataset.ids``. ``text``: ``train`` (the rows as formatted for
+        training) or ``reference`` (the Astra reference code's text: see astra.tasks.base)."""
         self.setup()
         available = len(self.train_set)
         if n_samples > available:
@@ -178,5 +182,11 @@ class TaskDataModule(pl.LightningDataModule):
                 f"{available} training rows; lower method.calibration.n_samples or use more data"
             )
         picks = sorted(random.Random(self.seed + 1).sample(range(available), n_samples))
-        subset = TokenizedExamples([self.train_set.features[i] for i in picks], [self.train_set.ids[i] for i in picks])
+        ids = [self.train_set.ids[i] for i in picks]
+        if text == "train":
+            features = [self.train_set.features[i] for i in picks]
+        else:
+            examples = [self.family.calibration_example(self.train_rows[i], self.task_cfg, text) for i in ids]
+            features = [tokenize_example(example, self.tokenizer, self.max_length) for example in examples]
+        subset = TokenizedExamples(features, ids)
         return self._loader(subset, shuffle=False, batch_size=batch_size, pad_to=self.max_length)

@@ -114,6 +114,7 @@ def _file_split(path: str | Path) -> SplitRows:
 
 
 def _hub_split(hub: Any, split: str) -> SplitRows:
+    """``hub`` is ``{path, name, split}`` for this split (task.hub.train / task.hub.test)."""
     from astra.models import _hub_reachable
 
     if not _hub_reachable():
@@ -123,8 +124,8 @@ def _hub_split(hub: Any, split: str) -> SplitRows:
         )
     import datasets
 
-    rows = [dict(row) for row in datasets.load_dataset(hub.path, hub.get("name"), split=split)]
-    origin = f"hub {hub.path} split {split!r}"
+    rows = [dict(row) for row in datasets.load_dataset(hub.path, hub.get("name"), split=hub.split)]
+    origin = f"hub {hub.path} split {hub.split!r}"
     return SplitRows(rows, [f"{origin} row {number}" for number in range(1, len(rows) + 1)], origin)
 
 
@@ -133,12 +134,14 @@ def load_split(task_cfg: Any, split: str) -> SplitRows:
     config names."""
     source = task_cfg.source
     if source == "sample":
-        return _file_split(SAMPLES_DIR / task_cfg.sample_dir / f"{split}.jsonl")
+        # sample_dir: one folder for both splits, or {train: folder, test: folder}
+        folder = task_cfg.sample_dir if isinstance(task_cfg.sample_dir, str) else task_cfg.sample_dir[split]
+        return _file_split(SAMPLES_DIR / folder / f"{split}.jsonl")
     if source == "files":
         path = task_cfg.get(f"{split}_file")
         if not path:
             raise ValueError(f"task.source=files needs task.{split}_file=<path to .jsonl or .json>")
         return _file_split(os.path.expanduser(str(path)))
     if source == "hub":
-        return _hub_split(task_cfg.hub, task_cfg.hub[f"{split}_split"])
+        return _hub_split(task_cfg.hub[split], split)
     raise ValueError(f"task.source={source!r} is unknown; valid sources: {list(SOURCES)}")

@@ -1,0 +1,97 @@
+"""The task seam: a task is one YAML in ``conf/task/``; its ``family`` (one module here) reads, formats and scores.
+
+The pipeline asks the family named by ``task.family`` for three things and never branches on the task name:
+
+- ``format_row(row, split, task_cfg) -> Example``: a raw data row of the ``train`` or ``test`` split as a
+  prompt, the training target and the reference evaluation compares against;
+- ``calibration_example(row, task_cfg, text) -> Example``: what data-driven inits see for a training row:
+  ``text=train`` (the row as formatted for training) or ``text=reference`` (the Astra reference code's
+  ``instruction + "\\n### Response:" + output``, without the Alpaca header);
+- ``evaluate(model, tokenizer, examples, task_cfg, settings) -> {"metrics", "samples"}``, writing every
+  generation and score to ``settings.records_path`` (jsonl) for inspection.
+
+Adding a benchmark of an existing family is one YAML (its ``format`` names one of the family's row formats).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes "
+    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:"
+)
+REFERENCE_CALIBRATION_PROMPT = "{instruction}\n### Response:"  # the Astra reference code's calibration text
+CALIBRATION_TEXTS = ("train", "reference")
+
+FAMILIES = {"math": "astra.tasks.math:MathFamily"}
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str  # the training target
+    reference: Any  # what evaluation compares against (a number, a \boxed{} answer, a choice index, ...)
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class EvalSettings:
+    limit: int | None
+    device: torch.device
+    records_path: Path | None = None
+
+
+class TaskFamily:
+    """Base class; a family overrides the row formats and ``evaluate``."""
+
+    name = "base"
+
+    def row_formats(self) -> dict[str, Any]:
+        """``{format name: callable(row, split, task_cfg) -> Example}``."""
+        raise NotImplementedError
+
+    def format_row(self, row: dict, split: str, task_cfg: Any) -> Example:
+        formats = self.row_formats()
+        name = task_cfg.format if split == "test" else task_cfg.get("train_format") or task_cfg.format
+        if name not in formats:
+            raise ValueError(f"task.format={name!r} is not a {self.name} row format; valid: {sorted(formats)}")
+        return formats[name](row, split, task_cfg)
+
+    def instruction_and_output(self, row: dict, task_cfg: Any) -> tuple[str, str]:
+        """The bare instruction and target of a training row (for ``text=reference`` calibration)."""
+        raise NotImplementedError
+
+    def calibration_example(self, row: dict, task_cfg: Any, text: str) -> Example:
+        if text not in CALIBRATION_TEXTS:
+            raise ValueError(f"method.calibration.text={text!r} is not valid; expected one of {list(CALIBRATION_TEXTS)}")
+        if text == "train":
+            return self.format_row(row, "train", task_cfg)
+        instruction, output = self.instruction_and_output(row, task_cfg)
+        return Example(REFERENCE_CALIBRATION_PROMPT.format(instruction=instruction), output, None)
+
+    def evaluate(self, model, tokenizer, examples: list[Example], task_cfg: Any, settings: EvalSettings) -> dict:
+        raise NotImplementedError
+
+
+def get_family(name: str) -> TaskFamily:
+    if name not in FAMILIES:
+        raise ValueError(f"task.family={name!r} is unknown; valid families: {sorted(FAMILIES)}")
+    module_name, class_name = FAMILIES[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)()
+
+
+def write_records(path: Path | None, records: list[dict]) -> None:
+    """Every generation and score, one JSON object a line, for inspection after the run."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")

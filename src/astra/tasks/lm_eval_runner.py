@@ -1,0 +1,150 @@
+"""Score multiple-choice items with lm-eval's zero-shot log-likelihood protocol on an in-memory model.
+
+``score_multiple_choice(model, tokenizer, task_name, items, work_dir)`` writes the items (see
+``commonsense_data``) as JSONL into ``work_dir``, points the repo's ``lm_eval_tasks/astra_<task>.yaml`` at that
+file, wraps the given model object (a ``PreTrainedModel`` or a ``PeftModel``, left on its device) and tokenizer in
+lm-eval's ``HFLM`` and runs lm-eval's evaluator in process. Offline and cheap to call repeatedly:
+
+- ``TaskManager(include_path=<lm_eval_tasks>, include_defaults=False)`` indexes only our 9 files (ms; the
+  defaults would index ~14,700 tasks, ~23 s); the task is then built from its YAML (``include:`` resolved) plus
+  ``dataset_kwargs`` naming the JSONL and a datasets cache inside ``work_dir`` (never the home folder). The
+  ``json`` builder of ``datasets`` reads local files and makes no network call.
+- The JSONL is named by a hash of its content: a re-used name always holds the same items, so the Arrow cache of
+  an earlier call is reused safely (the same test set scored at every checkpoint is converted once).
+- ``lm_eval.evaluator.evaluate`` is called directly, with ``bootstrap_iters=0`` and ``log_samples=True``.
+  ``simple_evaluate`` would run the same ``evaluate`` but adds, per call, torch's ``collect_env`` (subprocesses,
+  measured 0.35-0.6 s here, more than scoring 8 items), ``git describe`` and a reseeding of the caller's global
+  Python/NumPy/torch RNGs, which must not happen in the middle of training.
+
+The model is put in eval mode and its previous mode restored; a pad token lm-eval adds to a tokenizer without
+one is removed again. ``acc_norm`` is lm-eval's (log-likelihood / number of characters of the choice); it is
+``None`` for WinoGrande, whose partial-scoring form has no meaningful length normalisation (lm-eval reports acc).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+TASK_DIR = Path(__file__).parent / "lm_eval_tasks"
+TASK_PREFIX = "astra_"
+
+log = logging.getLogger(__name__)
+
+
+def lm_eval_task_name(task_name: str) -> str:
+    """``piqa`` or ``astra_piqa`` -> ``astra_piqa`` (the name in ``lm_eval_tasks/``)."""
+    return task_name if task_name.startswith(TASK_PREFIX) else TASK_PREFIX + task_name
+
+
+def _check_items(items: list[dict[str, Any]], task: str) -> None:
+    if not items:
+        raise ValueError(f"{task}: no items to score")
+    for position, item in enumerate(items, 1):
+        choices, gold = item.get("choices"), item.get("gold")
+        where = f"{task}: item {position} (id {item.get('id')!r})"
+        if not isinstance(item.get("query"), str) or not isinstance(item.get("id"), str):
+            raise ValueError(f"{where}: needs string 'id' and 'query'")
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            raise ValueError(f"{where}: 'choices' must be a list of at least 2 strings, got {choices!r:.200}")
+        if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
+            raise ValueError(f"{where}: gold {gold!r} is not an index into its {len(choices)} choices")
+        if task == "astra_winogrande" and not isinstance(item.get("continuation"), str):
+            raise ValueError(f"{where}: WinoGrande items need the 'continuation' after the blank")
+
+
+def write_items_jsonl(items: list[dict[str, Any]], work_dir: str | Path, task: str) -> Path:
+    """``items`` as JSONL in ``work_dir``, named ``<task>-<content hash>.jsonl``; returns its path."""
+    text = "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in items)
+    path = Path(work_dir) / f"{task}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl"
+    if not path.is_file():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")  # concurrent writers never share a temp file
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return path
+
+
+def score_multiple_choice(
+    model: Any,
+    tokenizer: Any,
+    task_name: str,
+    items: Iterable[dict[str, Any]],
+    work_dir: str | Path,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Zero-shot multiple-choice scores of ``model`` on ``items`` (the first ``limit`` of them).
+
+    Returns ``{"metrics": {"acc", "acc_norm", "n_eval"}, "records": [{"id", "gold", "loglikelihoods",
+    "predicted", "correct"}, ...]}``; ``loglikelihoods[k]`` is lm-eval's summed log-probability of choice k's
+    continuation (``" " + choice``; for WinoGrande ``" " + continuation`` after ``query + choice``).
+    """
+    from lm_eval.evaluator import evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (not 'auto': it probes for seconds), got {batch_size!r}")
+    task = lm_eval_task_name(task_name)
+    items = list(items)[:limit] if limit is not None else list(items)
+    _check_items(items, task)
+    task_manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False)
+    entry = task_manager.task_index.get(task)
+    if entry is None or entry.yaml_path is None:
+        known = sorted(n.removeprefix(TASK_PREFIX) for n in task_manager.all_subtasks)
+        raise ValueError(f"no lm-eval task {task!r} in {TASK_DIR}; known tasks: {known}")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    data_file = write_items_jsonl(items, work_dir, task)
+    config = load_yaml(entry.yaml_path, resolve_func=True)
+    config["dataset_kwargs"] = {
+        "data_files": {"test": str(data_file.resolve())},
+        "cache_dir": str((work_dir / "hf_datasets_cache").resolve()),
+    }
+
+    was_training = model.training
+    had_pad_token = getattr(tokenizer, "pad_token", None) is not None
+    model.eval()
+    hf_logger = logging.getLogger("lm_eval.models.huggingface")
+    level = hf_logger.level
+    try:
+        hf_logger.setLevel(logging.ERROR)  # its two warnings about a model object passed as `pretrained` are expected
+        try:
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+        finally:
+            hf_logger.setLevel(level)
+        results = evaluate(lm=lm, task_dict=task_manager.load([config]), bootstrap_iters=0, log_samples=True)
+    finally:
+        model.train(was_training)
+        if not had_pad_token and getattr(tokenizer, "pad_token", None) is not None:
+            tokenizer.pad_token = None
+
+    scores = results["results"][task]
+    records = []
+    for sample in sorted(results["samples"][task], key=lambda s: s["doc_id"]):
+        doc = sample["doc"]
+        lls = [float(ll) for ll, _ in sample["filtered_resps"]]
+        predicted = max(range(len(lls)), key=lls.__getitem__)  # first maximum, as np.argmax
+        records.append(
+            {
+                "id": doc["id"],
+                "gold": doc["gold"],
+                "loglikelihoods": lls,
+                "predicted": predicted,
+                "correct": predicted == doc["gold"],
+            }
+        )
+    metrics = {
+        "acc": float(scores["acc,none"]),
+        "acc_norm": float(scores["acc_norm,none"]) if "acc_norm,none" in scores else None,
+        "n_eval": int(results["n-samples"][task]["effective"]),
+    }
+    log.info("%s: acc=%.4f acc_norm=%s on %d items", task, metrics["acc"], metrics["acc_norm"], metrics["n_eval"])
+    return {"metrics": metrics, "records": records}

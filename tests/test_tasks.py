@@ -1,0 +1,76 @@
+"""The task seam: every task YAML runs end to end on the tiny model; calibration text choices; row formats."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import CONF_DIR, compose_config
+
+import run
+from astra.data.datamodule import TaskDataModule
+from astra.models import load_tiny_tokenizer
+from astra.tasks.base import REFERENCE_CALIBRATION_PROMPT, get_family
+from astra.tasks.math import math_example, metamath_example
+
+TASKS = sorted(path.stem for path in (CONF_DIR / "task").glob("*.yaml"))
+QUICK = ["logger=none", "callbacks=none", "trainer=debug", "trainer.eval_limit=3", "task.eval.max_new_tokens=8"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_runs_end_to_end(tmp_path, task):
+    cfg = compose_config(tmp_path, [f"task={task}", "method=lora", *QUICK])
+    metric = run.train(cfg, overrides=[f"task={task}"])
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "ok" and result["task"] == task
+    assert 0.0 <= metric <= 1.0 and result["metrics"]["n_eval"] == 3
+    records = (tmp_path / "run" / "eval" / f"{task}.jsonl").read_text().splitlines()
+    assert len(records) == 3 and all("generation" in json.loads(line) for line in records)
+
+
+def _datamodule(tmp_path, task):
+    cfg = compose_config(tmp_path, [f"task={task}"])
+    datamodule = TaskDataModule(cfg.task, load_tiny_tokenizer(), batch_size=4, seed=0)
+    datamodule.setup()
+    return cfg, datamodule
+
+
+def test_reference_calibration_text_is_the_reference_codes(tmp_path):
+    cfg, datamodule = _datamodule(tmp_path, "gsm8k")
+    tokenizer = datamodule.tokenizer
+    train = datamodule.calibration_dataloader(4, 4, "train").dataset
+    reference = datamodule.calibration_dataloader(4, 4, "reference").dataset
+    assert train.ids == reference.ids  # the same rows, another text
+    first_row = datamodule.train_rows[reference.ids[0]]
+    text = tokenizer.decode(reference.features[0]["input_ids"], skip_special_tokens=True)
+    assert text.startswith(REFERENCE_CALIBRATION_PROMPT.format(instruction=first_row["question"]))
+    assert "Below is an instruction" not in text
+    assert "Below is an instruction" in tokenizer.decode(train.features[0]["input_ids"], skip_special_tokens=True)
+    with pytest.raises(ValueError, match="method.calibration.text='both'"):
+        datamodule.calibration_dataloader(4, 4, "both")
+
+
+def test_math_rows_and_metamath_rows():
+    task_cfg = compose_config_like_math()
+    example = math_example({"problem": "What is 1/2 + 1/2?", "solution": "It is $\\boxed{1}$."}, "test", task_cfg)
+    assert example.prompt.endswith("### Response: Let's think step by step.") and example.reference.endswith("$\\boxed{1}$.")
+    with pytest.raises(ValueError, match="boxed"):
+        math_example({"problem": "p", "solution": "no box"}, "test", task_cfg)
+    for row in ({"query": "q?", "response": "so 2.\nThe answer is: 2"}, {"instruction": "q?", "output": "so 2.\nThe answer is: 2"}):
+        example = metamath_example(row, "train", task_cfg)
+        assert example.answer.endswith("The answer is: 2") and example.reference == "2"
+        assert example.prompt.endswith("### Response:")  # the evaluation suffix is for test prompts only
+
+
+def compose_config_like_math():
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(CONF_DIR / "task" / "math.yaml")
+
+
+def test_unknown_family_and_format_are_named(tmp_path):
+    with pytest.raises(ValueError, match="task.family='poetry' is unknown; valid families"):
+        get_family("poetry")
+    cfg = compose_config(tmp_path, ["task=gsm8k", "task.format=haiku"])
+    with pytest.raises(ValueError, match="task.format='haiku' is not a math row format"):
+        TaskDataModule(cfg.task, load_tiny_tokenizer(), batch_size=4, seed=0).setup()
