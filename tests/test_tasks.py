@@ -17,15 +17,19 @@ TASKS = sorted(path.stem for path in (CONF_DIR / "task").glob("*.yaml"))
 QUICK = ["logger=none", "callbacks=none", "trainer=debug", "trainer.eval_limit=3", "task.eval.max_new_tokens=8"]
 
 
-@pytest.mark.parametrize("task", TASKS)
-def test_every_task_runs_end_to_end(tmp_path, task):
-    cfg = compose_config(tmp_path, [f"task={task}", "method=lora", *QUICK])
+PROTOCOLS = [(task, None) for task in TASKS] + [("piqa", "generation"), ("hellaswag", "generation")]
+
+
+@pytest.mark.parametrize("task,protocol", PROTOCOLS, ids=[f"{t}-{p}" if p else t for t, p in PROTOCOLS])
+def test_every_task_runs_end_to_end(tmp_path, task, protocol):
+    extra = [f"task.eval.protocol={protocol}"] if protocol else []
+    cfg = compose_config(tmp_path, [f"task={task}", "method=lora", *QUICK, *extra])
     metric = run.train(cfg, overrides=[f"task={task}"])
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "ok" and result["task"] == task
     assert 0.0 <= metric <= 1.0 and result["metrics"]["n_eval"] == 3
     records = (tmp_path / "run" / "eval" / f"{task}.jsonl").read_text().splitlines()
-    assert len(records) == 3 and all("generation" in json.loads(line) for line in records)
+    assert len(records) == 3 and all("correct" in json.loads(line) for line in records)
 
 
 def _datamodule(tmp_path, task):
@@ -74,3 +78,20 @@ def test_unknown_family_and_format_are_named(tmp_path):
     cfg = compose_config(tmp_path, ["task=gsm8k", "task.format=haiku"])
     with pytest.raises(ValueError, match="task.format='haiku' is not a math row format"):
         TaskDataModule(cfg.task, load_tiny_tokenizer(), batch_size=4, seed=0).setup()
+
+
+@pytest.mark.parametrize(
+    "benchmark,text,expected",
+    [("piqa", "The correct answer is solution2.", "solution2"), ("boolq", "the correct answer is TRUE", "true"),
+     ("arc_c", "answer3 because answer1 is wrong", "answer3"), ("hellaswag", "I cannot tell", None)],
+)  # fmt: skip
+def test_generation_protocol_reads_the_first_option_word(benchmark, text, expected):
+    from astra.tasks.commonsense import first_answer_word
+
+    assert first_answer_word(benchmark, text) == expected
+
+
+def test_commonsense_items_have_unique_ids(tmp_path):
+    _, datamodule = _datamodule(tmp_path, "piqa")
+    ids = [example.meta["id"] for example in datamodule.test_examples]
+    assert len(ids) == 40 and len(set(ids)) == 40

@@ -85,7 +85,7 @@ class TaskDataModule(pl.LightningDataModule):
 
     def _load_examples(self, split: str) -> list[Example]:
         """The split's rows, formatted by the task's family; an error names the file and line of the row at fault."""
-        loaded = load_split(self.task_cfg, split)
+        loaded = load_split(self.task_cfg, split, reader=self.family.read_file)
         if split == "train":
             self.train_rows = loaded.rows
         if not loaded.rows:

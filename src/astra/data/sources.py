@@ -108,7 +108,12 @@ def read_rows(path: str | Path) -> list[dict]:
     return [row for _, row in read_rows_with_lines(path)]
 
 
-def _file_split(path: str | Path) -> SplitRows:
+def _file_split(path: str | Path, reader: Any = None) -> SplitRows:
+    """JSON / JSON Lines through the generic reader; any other format through the task family's ``reader``
+    (e.g. HellaSwag's 6-line text file), which returns ``(rows, locations)`` or None when it does not know it."""
+    special = reader(Path(path)) if reader is not None and Path(path).suffix not in (".json", ".jsonl") else None
+    if special is not None:
+        return SplitRows(special[0], special[1], f"file {path}")
     numbered = read_rows_with_lines(path)
     return SplitRows([row for _, row in numbered], [f"file {path} line {line}" for line, _ in numbered], f"file {path}")
 
@@ -129,19 +134,26 @@ def _hub_split(hub: Any, split: str) -> SplitRows:
     return SplitRows(rows, [f"{origin} row {number}" for number in range(1, len(rows) + 1)], origin)
 
 
-def load_split(task_cfg: Any, split: str) -> SplitRows:
+def _sample_file(folder: Path, split: str) -> Path:
+    found = sorted(p for p in folder.glob(f"{split}.*") if p.suffix != ".md")
+    if not found:
+        raise FileNotFoundError(f"no {split} file in the shipped sample folder {folder}")
+    return found[0]
+
+
+def load_split(task_cfg: Any, split: str, reader: Any = None) -> SplitRows:
     """Rows of ``split`` ('train' or 'test') for the task, with their locations, from the source the task
     config names."""
     source = task_cfg.source
     if source == "sample":
         # sample_dir: one folder for both splits, or {train: folder, test: folder}
         folder = task_cfg.sample_dir if isinstance(task_cfg.sample_dir, str) else task_cfg.sample_dir[split]
-        return _file_split(SAMPLES_DIR / folder / f"{split}.jsonl")
+        return _file_split(_sample_file(SAMPLES_DIR / folder, split), reader)
     if source == "files":
         path = task_cfg.get(f"{split}_file")
         if not path:
             raise ValueError(f"task.source=files needs task.{split}_file=<path to .jsonl or .json>")
-        return _file_split(os.path.expanduser(str(path)))
+        return _file_split(os.path.expanduser(str(path)), reader)
     if source == "hub":
         return _hub_split(task_cfg.hub[split], split)
     raise ValueError(f"task.source={source!r} is unknown; valid sources: {list(SOURCES)}")

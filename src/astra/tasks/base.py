@@ -30,7 +30,7 @@ ALPACA_PROMPT = (
 REFERENCE_CALIBRATION_PROMPT = "{instruction}\n### Response:"  # the Astra reference code's calibration text
 CALIBRATION_TEXTS = ("train", "reference")
 
-FAMILIES = {"math": "astra.tasks.math:MathFamily"}
+FAMILIES = {"math": "astra.tasks.math:MathFamily", "commonsense": "astra.tasks.commonsense:CommonsenseFamily"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,10 @@ class TaskFamily:
     """Base class; a family overrides the row formats and ``evaluate``."""
 
     name = "base"
+
+    def read_file(self, path: Path) -> tuple[list[dict], list[str]] | None:
+        """Rows and their locations from a file that is not JSON / JSON Lines; None: not a format of this family."""
+        return None
 
     def row_formats(self) -> dict[str, Any]:
         """``{format name: callable(row, split, task_cfg) -> Example}``."""

@@ -1,0 +1,96 @@
+"""The commonsense family: BoolQ, PIQA, SIQA, HellaSwag, WinoGrande, ARC-e, ARC-c, OBQA.
+
+Training rows are LLM-Adapters rows ``{instruction, input, output, answer}`` (commonsense_170k is their union),
+formatted with the Alpaca prompt, the loss on ``output``. Two evaluation protocols, chosen by
+``task.eval.protocol``:
+
+- ``loglikelihood``: zero-shot lm-eval multiple choice (what the Astra reference code runs): each option's
+  summed log-probability as a continuation of lm-eval's standard query (see ``commonsense_data``), in process on
+  the trained model (``lm_eval_runner``); ``accuracy`` is lm-eval's ``acc`` (``acc_norm`` is kept too).
+- ``generation``: the LLM-Adapters protocol most LoRA papers report: greedy decoding after the Alpaca prompt
+  of the benchmark's instruction, the first option word in the output ("solution1", "true", ...) compared
+  with the gold one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, write_records
+from astra.tasks.commonsense_data import answer_word, parse_llm_adapters_row, read_hellaswag
+from astra.tasks.generation import greedy_generate
+from astra.tasks.lm_eval_runner import score_multiple_choice
+
+PROTOCOLS = ("loglikelihood", "generation")
+# The option words the generation protocol looks for, per benchmark (as LLM-Adapters' answer extraction).
+ANSWER_WORDS = {
+    "boolq": r"true|false", "piqa": r"solution1|solution2", "siqa": r"answer1|answer2|answer3",
+    "arc_e": r"answer1|answer2|answer3|answer4|answer5", "arc_c": r"answer1|answer2|answer3|answer4|answer5",
+    "obqa": r"answer1|answer2|answer3|answer4", "winogrande": r"option1|option2",
+    "hellaswag": r"ending1|ending2|ending3|ending4",
+}  # fmt: skip
+
+
+def hellaswag_instruction(item: dict) -> str:
+    """LLM-Adapters' HellaSwag instruction, for items read from the 6-line text file (which has none)."""
+    endings = "".join(f"\nEnding{k + 1}: {ending}" for k, ending in enumerate(item["choices"]))
+    return (f"Please choose the correct ending to complete the given sentence: {item['query']}\n{endings}\n\n"
+            "Answer format: ending1/ending2/ending3/ending4")  # fmt: skip
+
+
+def first_answer_word(benchmark: str, generation: str) -> str | None:
+    found = re.findall(ANSWER_WORDS[benchmark], generation.strip().lower())
+    return found[0] if found else None
+
+
+class CommonsenseFamily(TaskFamily):
+    name = "commonsense"
+
+    def read_file(self, path: Path):
+        if path.suffix in (".txt", ".bz2"):
+            items = read_hellaswag(path)
+            return items, [f"file {path} item {k + 1} (line {6 * k + 1})" for k in range(len(items))]
+        return None
+
+    def row_formats(self):
+        return {"llm_adapters": self._format}
+
+    def _format(self, row: dict, split: str, task_cfg: Any) -> Example:
+        if split == "train":
+            for key in ("instruction", "output", "answer"):
+                if key not in row:
+                    raise KeyError(f"LLM-Adapters row lacks field {key!r}; expected instruction, input, output, answer")
+            return Example(ALPACA_PROMPT.format(instruction=row["instruction"]), " " + row["output"], row["answer"])
+        benchmark = task_cfg.benchmark
+        self._test_rows = getattr(self, "_test_rows", 0) + 1  # 1-based position, for the item id
+        item = row if "choices" in row else parse_llm_adapters_row(benchmark, row, "row", self._test_rows)
+        instruction = row.get("instruction") or hellaswag_instruction(item)
+        return Example(ALPACA_PROMPT.format(instruction=instruction), "", item["gold"], meta=item)
+
+    def instruction_and_output(self, row: dict, task_cfg: Any) -> tuple[str, str]:
+        return row["instruction"], row["output"]
+
+    def evaluate(self, model, tokenizer, examples: list[Example], task_cfg: Any, settings: EvalSettings) -> dict:
+        protocol = task_cfg.eval.protocol
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"task.eval.protocol={protocol!r} is not valid; expected one of {list(PROTOCOLS)}")
+        examples = examples[: settings.limit] if settings.limit else examples
+        if protocol == "loglikelihood":
+            work_dir = (settings.records_path.parent if settings.records_path else Path(".")) / "lm_eval"
+            scored = score_multiple_choice(model, tokenizer, task_cfg.benchmark, [e.meta for e in examples], work_dir,
+                                           batch_size=int(task_cfg.eval.batch_size))  # fmt: skip
+            records, metrics = scored["records"], scored["metrics"]
+            metrics = {"accuracy": metrics["acc"], "acc_norm": metrics.get("acc_norm"), "n_eval": float(metrics["n_eval"])}
+        else:
+            generations = greedy_generate(model, tokenizer, [e.prompt for e in examples], task_cfg.eval.max_new_tokens,
+                                          task_cfg.eval.batch_size, settings.device)  # fmt: skip
+            records = []
+            for example, text in zip(examples, generations):
+                extracted, expected = first_answer_word(task_cfg.benchmark, text), answer_word(example.meta)
+                records.append({"id": example.meta["id"], "generation": text, "extracted": extracted,
+                                "expected": expected, "correct": extracted == expected})  # fmt: skip
+            metrics = {"accuracy": sum(r["correct"] for r in records) / len(records), "n_eval": float(len(records))}
+        write_records(settings.records_path, records)
+        return {"metrics": metrics, "samples": records[:3]}
