@@ -40,7 +40,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     # Under multi-GPU strategies every rank runs this function; each computes the same seeded init, but only
     # global rank 0 evaluates, exports and writes the result file.
     main_process = pipeline.is_main_process()
-    loggers, callbacks, module, trainer = [], [], None, None
+    loggers, callbacks, module, trainer, probe = [], [], None, None, None
     with interruption_guard() as guard:
         try:
             with watch("setup"):
@@ -51,6 +51,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
                 tokenizer = build_tokenizer(cfg.model)
                 datamodule = pipeline.build_datamodule(cfg, tokenizer)
                 model = build_model(cfg.model, cfg.seed, tokenizer)
+                probe = pipeline.forgetting_probe(cfg, tokenizer, device)
+            if probe is not None:
+                with watch("forgetting"):
+                    probe.before(model.to(device))
             with watch("init"):
                 model, init_report = pipeline.apply_method(cfg, model, datamodule, device)
             record.facts["init"] = {k: v for k, v in init_report.items() if not k.startswith("_")}
@@ -70,6 +74,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             with watch("eval"):
                 evaluation = pipeline.evaluate(cfg, model, tokenizer, datamodule, device, run_dir)
             record.facts["metrics"], record.facts["eval_samples"] = evaluation["metrics"], evaluation["samples"]
+            if probe is not None:
+                with watch("forgetting"):
+                    probe.after(model)
+                record.facts["forgetting"] = probe.report()
+                record.facts["metrics"]["forgetting"] = record.facts["forgetting"]["increase"]
             with watch("export"):
                 record.facts["exported"] = pipeline.export_adapter(cfg, model, run_dir)
                 pipeline.remove_checkpoint(run_dir)

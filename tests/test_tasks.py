@@ -95,3 +95,32 @@ def test_commonsense_items_have_unique_ids(tmp_path):
     _, datamodule = _datamodule(tmp_path, "piqa")
     ids = [example.meta["id"] for example in datamodule.test_examples]
     assert len(ids) == 40 and len(set(ids)) == 40
+
+
+def test_lm_eval_scores_the_in_memory_residual_model_as_trained(tmp_path):
+    """Astra changes the base weight: lm-eval must score the model as it is in memory (never reloaded as base +
+    adapter). At init its log-likelihoods equal the base model's; a few training steps change them."""
+    import torch
+
+    from astra import pipeline
+    from astra.models import build_model
+    from astra.tasks.lm_eval_runner import score_multiple_choice
+
+    cfg = compose_config(tmp_path, ["task=piqa", "method=astra", "method.calibration.n_samples=8", "logger=none",
+                                    "callbacks=none", "trainer=debug", "optim.lr=1e-2"])  # fmt: skip
+    datamodule = TaskDataModule(cfg.task, load_tiny_tokenizer(), batch_size=4, seed=0)
+    datamodule.setup()
+    items = [example.meta for example in datamodule.test_examples[:6]]
+    base = build_model(cfg.model, cfg.seed, datamodule.tokenizer)
+
+    def loglikelihoods(model):
+        scored = score_multiple_choice(model, datamodule.tokenizer, "piqa", items, tmp_path / "lm_eval", batch_size=6)
+        return torch.tensor([record["loglikelihoods"] for record in scored["records"]])
+
+    before = loglikelihoods(base)
+    model, _ = pipeline.apply_method(cfg, build_model(cfg.model, cfg.seed, datamodule.tokenizer), datamodule, torch.device("cpu"))
+    at_init = loglikelihoods(model)
+    torch.testing.assert_close(at_init, before, rtol=1e-4, atol=1e-3)
+    trainer = pipeline.build_trainer(cfg, torch.device("cpu"), [], [], tmp_path / "run")
+    pipeline.fit(pipeline.build_module(cfg, model, torch.device("cpu")), datamodule, trainer)
+    assert (loglikelihoods(model) - at_init).abs().max() > 0.1

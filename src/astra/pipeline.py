@@ -154,6 +154,15 @@ def build_trainer(cfg: DictConfig, device: torch.device, loggers: list, callback
     )
 
 
+def forgetting_probe(cfg: DictConfig, tokenizer, device: torch.device):
+    """The generic-text loss probe (``cfg.forgetting``), or None when disabled."""
+    if not cfg.get("forgetting") or not cfg.forgetting.enabled:
+        return None
+    from astra.forgetting import ForgettingProbe
+
+    return ForgettingProbe(cfg.forgetting, tokenizer, device)
+
+
 def evaluate(cfg: DictConfig, model, tokenizer, datamodule: TaskDataModule, device: torch.device, run_dir: Path) -> dict:
     """Score the test split with the task family's protocol; every generation and score goes to
     ``<run_dir>/eval/<task>.jsonl``."""

@@ -86,6 +86,9 @@ def validate_run_config(cfg: DictConfig) -> None:
         text = _value(cfg, "method.calibration.text")
         if text not in (None, "train", "reference"):
             raise ConfigError(f"method.calibration.text={text!r} is not valid: expected 'train' or 'reference'")
+    if _value(cfg, "forgetting.enabled"):
+        for key in ("forgetting.max_length", "forgetting.max_windows", "forgetting.batch_size"):
+            positive_int(cfg, key)
     writable_directory("paths.results_dir", _value(cfg, "paths.results_dir"))
     writable_directory("paths.output_dir", _value(cfg, "paths.output_dir"))
     cache_dir = _value(cfg, "paths.cache_dir")
