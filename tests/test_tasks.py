@@ -124,3 +124,10 @@ def test_lm_eval_scores_the_in_memory_residual_model_as_trained(tmp_path):
     trainer = pipeline.build_trainer(cfg, torch.device("cpu"), [], [], tmp_path / "run")
     pipeline.fit(pipeline.build_module(cfg, model, torch.device("cpu")), datamodule, trainer)
     assert (loglikelihoods(model) - at_init).abs().max() > 0.1
+
+
+def test_train_limit_takes_the_first_rows(tmp_path):
+    cfg = compose_config(tmp_path, ["task=gsm8k", "task.train_limit=10"])
+    datamodule = TaskDataModule(cfg.task, load_tiny_tokenizer(), batch_size=4, seed=0)
+    datamodule.setup()
+    assert len(datamodule.train_set) == 10 and datamodule.train_rows[0]["question"].startswith("Natalia")

@@ -78,6 +78,7 @@ def validate_run_config(cfg: DictConfig) -> None:
     positive_int(cfg, "trainer.checkpoint_every_n_steps", optional=True)
     positive_int(cfg, "trainer.check_finite_every_n_steps", also=("auto",))
     positive_int(cfg, "task.max_length")
+    positive_int(cfg, "task.train_limit", optional=True)
     positive_int(cfg, "task.eval.batch_size")
     positive_int(cfg, "task.eval.max_new_tokens")
     if _value(cfg, "method.calibration") is not None:

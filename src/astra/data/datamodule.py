@@ -86,6 +86,9 @@ class TaskDataModule(pl.LightningDataModule):
     def _load_examples(self, split: str) -> list[Example]:
         """The split's rows, formatted by the task's family; an error names the file and line of the row at fault."""
         loaded = load_split(self.task_cfg, split, reader=self.family.read_file)
+        limit = self.task_cfg.get("train_limit") if split == "train" else None
+        if limit:  # the first N training rows, as the reference code takes the first 100k of each training set
+            loaded = type(loaded)(loaded.rows[:limit], loaded.locations[:limit], loaded.origin)
         if split == "train":
             self.train_rows = loaded.rows
         if not loaded.rows:
