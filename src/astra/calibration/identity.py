@@ -99,13 +99,10 @@ def checkpoint_fingerprint(directory: str | Path) -> dict[str, Any]:
 
 
 def _checkpoint_directory(model_cfg: Any) -> Path | None:
-    """The local folder the checkpoint was loaded from: ``model.path`` or the Hugging Face cache's snapshot."""
-    if model_cfg.get("path"):
-        return Path(model_cfg.get("path"))
-    from astra.models import _cached_snapshot
+    """The local folder the checkpoint loads from (``model.path``, a converted GGUF copy, the Hub cache)."""
+    from astra.models import local_checkpoint_dir
 
-    cached = _cached_snapshot(model_cfg.get("hub_id"))
-    return Path(cached) if cached else None
+    return local_checkpoint_dir(model_cfg)
 
 
 def model_fingerprint(model_cfg: Any, seed: int, directory: str | Path | None = None) -> dict[str, Any]:
