@@ -6,6 +6,7 @@ import json
 
 import pytest
 from conftest import CONF_DIR, compose_config
+from omegaconf import OmegaConf
 
 import run
 from astra.data.datamodule import TaskDataModule
@@ -21,8 +22,11 @@ PROTOCOLS = [(task, None) for task in TASKS] + [("piqa", "generation"), ("hellas
 
 
 @pytest.mark.parametrize("task,protocol", PROTOCOLS, ids=[f"{t}-{p}" if p else t for t, p in PROTOCOLS])
-def test_every_task_runs_end_to_end(tmp_path, task, protocol):
+def test_every_task_runs_end_to_end(tmp_path, monkeypatch, task, protocol):
     extra = [f"task.eval.protocol={protocol}"] if protocol else []
+    if OmegaConf.load(CONF_DIR / "task" / f"{task}.yaml").family == "code":  # generated code runs only on opt-in
+        extra.append("task.eval.allow_code_execution=true")
+        monkeypatch.setenv("ASTRA_ALLOW_CODE_EXECUTION", "1")
     cfg = compose_config(tmp_path, [f"task={task}", "method=lora", *QUICK, *extra])
     metric = run.train(cfg, overrides=[f"task={task}"])
     result = json.loads((tmp_path / "run" / "result.json").read_text())
@@ -67,8 +71,6 @@ def test_math_rows_and_metamath_rows():
 
 
 def compose_config_like_math():
-    from omegaconf import OmegaConf
-
     return OmegaConf.load(CONF_DIR / "task" / "math.yaml")
 
 
@@ -131,3 +133,10 @@ def test_train_limit_takes_the_first_rows(tmp_path):
     datamodule = TaskDataModule(cfg.task, load_tiny_tokenizer(), batch_size=4, seed=0)
     datamodule.setup()
     assert len(datamodule.train_set) == 10 and datamodule.train_rows[0]["question"].startswith("Natalia")
+
+
+def test_code_task_without_opt_in_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.delenv("ASTRA_ALLOW_CODE_EXECUTION", raising=False)
+    monkeypatch.setattr(run, "build_model", lambda *a, **k: pytest.fail("the model was loaded without the opt-in"))
+    with pytest.raises(PermissionError, match="task.eval.allow_code_execution=true.*ASTRA_ALLOW_CODE_EXECUTION=1"):
+        run.train(compose_config(tmp_path, ["task=humaneval", *QUICK]), overrides=[])

@@ -64,6 +64,7 @@ def build_datamodule(cfg: DictConfig, tokenizer) -> TaskDataModule:
         val_size=cfg.trainer.val_size,
         num_workers=cfg.trainer.num_workers,
     )
+    datamodule.family.check_ready(cfg.task)
     datamodule.setup()
     return datamodule
 

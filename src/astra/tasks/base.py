@@ -30,7 +30,8 @@ ALPACA_PROMPT = (
 REFERENCE_CALIBRATION_PROMPT = "{instruction}\n### Response:"  # the Astra reference code's calibration text
 CALIBRATION_TEXTS = ("train", "reference")
 
-FAMILIES = {"math": "astra.tasks.math:MathFamily", "commonsense": "astra.tasks.commonsense:CommonsenseFamily"}
+FAMILIES = {"math": "astra.tasks.math:MathFamily", "commonsense": "astra.tasks.commonsense:CommonsenseFamily",
+            "code": "astra.tasks.code:CodeFamily"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class TaskFamily:
     """Base class; a family overrides the row formats and ``evaluate``."""
 
     name = "base"
+
+    def check_ready(self, task_cfg: Any) -> None:
+        """Called before anything is loaded: refuse early what evaluation would refuse after hours of training."""
 
     def read_file(self, path: Path) -> tuple[list[dict], list[str]] | None:
         """Rows and their locations from a file that is not JSON / JSON Lines; None: not a format of this family."""
