@@ -300,7 +300,7 @@ def test_plus_float_tolerance_and_special_oracle(opted_in):
 @pytest.mark.skipif(not MBPP_PLUS.is_file(), reason="no MbppPlus.jsonl in /work/shared/data")
 def test_mbpp_plus_format_on_the_real_file(monkeypatch, tmp_path, opted_in):
     cfg = task_cfg("mbpp", allow=True, plus_timeout_s=60)
-    cfg.format, cfg.source, cfg.test_file = "mbpp_plus", "files", str(MBPP_PLUS)
+    cfg.format, cfg.source, cfg.data.test = "mbpp_plus", "files", str(MBPP_PLUS)
     loaded = load_split(cfg, "test", reader=CodeFamily().read_file)
     assert len(loaded) == 399
     family = CodeFamily()
@@ -331,7 +331,7 @@ def test_mbpp_plus_file_after_the_original_prompt(monkeypatch, tmp_path, opted_i
 @pytest.mark.skipif(not HUMANEVAL_GZ.is_file(), reason="no HumanEval.jsonl.gz in /work/shared/data")
 def test_reads_the_real_humaneval_gz():
     cfg = task_cfg("humaneval")
-    cfg.source, cfg.test_file = "files", str(HUMANEVAL_GZ)
+    cfg.source, cfg.data.test = "files", str(HUMANEVAL_GZ)
     loaded = load_split(cfg, "test", reader=CodeFamily().read_file)
     assert len(loaded) == 164 and loaded.locations[163] == f"file {HUMANEVAL_GZ} line 164"
     formatted = [CodeFamily().format_row(row, "test", cfg) for row in loaded.rows]
@@ -342,7 +342,7 @@ def test_reads_the_real_humaneval_gz():
 @pytest.mark.skipif(not MBPP_JSONL.is_file(), reason="no mbpp.jsonl in /work/shared/data")
 def test_reads_the_real_mbpp_and_the_training_sample_is_its_training_split():
     cfg = task_cfg("mbpp")
-    cfg.source, cfg.test_file = "files", str(MBPP_JSONL)
+    cfg.source, cfg.data.test = "files", str(MBPP_JSONL)
     loaded = load_split(cfg, "test", reader=CodeFamily().read_file)
     assert len(loaded) == 974
     formatted = [CodeFamily().format_row(row, "test", cfg) for row in loaded.rows]
@@ -366,7 +366,7 @@ def test_malformed_gz_names_the_file_and_the_line(tmp_path):
     path = tmp_path / "HumanEval.jsonl.gz"
     path.write_bytes(gzip.compress(f"{good}\n{{\"task_id\": \"HumanEval/1\", \n".encode()))
     cfg = task_cfg("humaneval")
-    cfg.source, cfg.test_file = "files", str(path)
+    cfg.source, cfg.data.test = "files", str(path)
     with pytest.raises(ValueError, match=re.escape(f"{path} line 2: malformed JSON row")):
         load_split(cfg, "test", reader=CodeFamily().read_file)
     path.write_bytes(b"not gzip at all")
@@ -383,8 +383,8 @@ def test_a_row_missing_a_field_names_the_file_and_the_line(tmp_path):
     path = tmp_path / "mbpp_test.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     cfg = task_cfg("mbpp")
-    cfg.source, cfg.test_file, cfg.train_limit = "files", str(path), 4
-    cfg.train_file = str(next((SAMPLES_DIR / "codefeedback").glob("train.jsonl")))
+    cfg.source, cfg.data.test, cfg.train_limit = "files", str(path), 4
+    cfg.data.train = str(next((SAMPLES_DIR / "codefeedback").glob("train.jsonl")))
     datamodule = TaskDataModule(cfg, load_tiny_tokenizer(), batch_size=2, seed=0)
     with pytest.raises(ValueError, match=re.escape(f"test file {path} line 3: MBPP row lacks field 'test_list'")):
         datamodule.setup()

@@ -66,7 +66,7 @@ def _datamodule(compose_cfg, tokenizer, overrides=()):
 def test_row_without_fields_names_the_row(compose_cfg, tokenizer, tmp_path):
     bad = tmp_path / "train.jsonl"
     bad.write_text(json.dumps(ROW) + "\n" + json.dumps({"question": "no answer"}) + "\n")
-    datamodule = _datamodule(compose_cfg, tokenizer, ["task.source=files", f"task.train_file={bad}", f"task.test_file={bad}"])
+    datamodule = _datamodule(compose_cfg, tokenizer, ["task.source=files", f"task.data.train={bad}", f"task.data.test={bad}"])
     with pytest.raises(ValueError, match=r"train file .*train\.jsonl line 2: .*'answer'"):
         datamodule.setup()
 
@@ -74,7 +74,7 @@ def test_row_without_fields_names_the_row(compose_cfg, tokenizer, tmp_path):
 def test_files_source_and_validation_split(compose_cfg, tokenizer, tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(ROW) + "\n" for _ in range(10)))
-    datamodule = _datamodule(compose_cfg, tokenizer, ["task.source=files", f"task.train_file={path}", f"task.test_file={path}", "trainer.val_size=3"])
+    datamodule = _datamodule(compose_cfg, tokenizer, ["task.source=files", f"task.data.train={path}", f"task.data.test={path}", "trainer.val_size=3"])
     datamodule.setup()
     assert len(datamodule.train_set) == 7 and len(datamodule.val_set) == 3 and len(datamodule.test_examples) == 10
     assert sorted(datamodule.train_set.ids + datamodule.val_set.ids) == list(range(10))

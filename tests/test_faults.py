@@ -176,7 +176,7 @@ def test_empty_test_split_fails_before_the_model_loads(tmp_path, monkeypatch):
     (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
     (tmp_path / "test.jsonl").write_text("")
     monkeypatch.setattr(run, "build_model", lambda *a, **k: pytest.fail("the model was loaded before the data was checked"))
-    overrides = [*QUICK, "task.source=files", f"task.train_file={tmp_path / 'train.jsonl'}", f"task.test_file={tmp_path / 'test.jsonl'}"]
+    overrides = [*QUICK, "task.source=files", f"task.data.train={tmp_path / 'train.jsonl'}", f"task.data.test={tmp_path / 'test.jsonl'}"]
     with pytest.raises(ValueError, match="test.jsonl"):
         train(tmp_path, overrides)
 
@@ -257,7 +257,7 @@ def test_resume_at_an_epoch_boundary(tmp_path):
     rows = [json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"}) for i in range(16)]
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(rows) + "\n")
-    files = ["task.source=files", f"task.train_file={data}", f"task.test_file={data}"]
+    files = ["task.source=files", f"task.data.train={data}", f"task.data.test={data}"]
     overrides = [*RESUMABLE, *files, "method=lora", "trainer.lightning.max_steps=-1", "trainer.lightning.max_epochs=3"]
     train(tmp_path / "straight", overrides)
     with pytest.raises(RunInterrupted):

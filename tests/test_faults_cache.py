@@ -189,8 +189,8 @@ def test_second_train_file_does_not_reuse_the_first_files_statistics(tmp_path):
     def cache_status(train: str, index: int) -> dict:
         run_root = tmp_path / f"run{index}"
         overrides = [
-            "method=astra", "task.source=files", f"task.train_file={tmp_path / train}",
-            f"task.test_file={tmp_path / 'T.jsonl'}", "method.calibration.n_samples=8",
+            "method=astra", "task.source=files", f"task.data.train={tmp_path / train}",
+            f"task.data.test={tmp_path / 'T.jsonl'}", "method.calibration.n_samples=8",
             f"paths.cache_dir={tmp_path / 'cache'}", "trainer=debug", "logger=none", "callbacks=none",
             "trainer.eval_limit=2", "task.eval.max_new_tokens=4",
         ]  # fmt: skip

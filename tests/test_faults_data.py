@@ -34,7 +34,7 @@ def setup_with(compose_cfg, tokenizer, tmp_path):
                 paths[split].write_bytes(content)
             else:
                 paths[split].write_text(GOOD + "\n" if content is None else content, encoding="utf-8")
-        files = ["task.source=files", f"task.train_file={paths['train']}", f"task.test_file={paths['test']}"]
+        files = ["task.source=files", f"task.data.train={paths['train']}", f"task.data.test={paths['test']}"]
         cfg = compose_cfg([*files, *overrides])
         datamodule = TaskDataModule(cfg.task, tokenizer, batch_size=2, seed=cfg.seed, val_size=cfg.trainer.val_size)
         datamodule.setup()

@@ -125,7 +125,7 @@ def _hub_split(hub: Any, split: str) -> SplitRows:
     if not _hub_reachable():
         raise RuntimeError(
             f"task.source=hub needs the Hugging Face Hub for dataset {hub.path!r}, which cannot be reached; "
-            "use task.source=files with task.train_file=... and task.test_file=... (local .jsonl/.json)"
+            "use task.source=files with task.data.train=... and task.data.test=... (local .jsonl/.json)"
         )
     import datasets
 
@@ -150,9 +150,9 @@ def load_split(task_cfg: Any, split: str, reader: Any = None) -> SplitRows:
         folder = task_cfg.sample_dir if isinstance(task_cfg.sample_dir, str) else task_cfg.sample_dir[split]
         return _file_split(_sample_file(SAMPLES_DIR / folder, split), reader)
     if source == "files":
-        path = task_cfg.get(f"{split}_file")
+        path = (task_cfg.get("data") or {}).get(split)
         if not path:
-            raise ValueError(f"task.source=files needs task.{split}_file=<path to .jsonl or .json>")
+            raise ValueError(f"task.source=files needs task.data.{split}=<path to the {split} file>")
         return _file_split(os.path.expanduser(str(path)), reader)
     if source == "hub":
         return _hub_split(task_cfg.hub[split], split)

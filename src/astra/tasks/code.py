@@ -21,7 +21,7 @@ EvalPlus's base + plus inputs against its canonical solution (see :func:`plus_pr
 ``pass@1_plus`` is the fraction of covered problems passing both. MBPP+ revised some MBPP tasks (expected
 outputs, e.g. Mbpp/16 returns True where MBPP asserted 'Found a match!', and a few function names), so
 plus tests after the original MBPP prompt can fail programs that are right by that prompt; for EvalPlus's own
-MBPP+ protocol use ``task.format=mbpp_plus`` with ``task.test_file=MbppPlus.jsonl`` (MBPP+'s text and asserts
+MBPP+ protocol use ``task.format=mbpp_plus`` with ``task.data.test=MbppPlus.jsonl`` (MBPP+'s text and asserts
 in the prompt; as EvalPlus scores, base = its base inputs and plus = base + plus inputs against its canonical
 solution; no plus_file needed).
 
