@@ -37,6 +37,7 @@ bench:  ## run the benchmarks (tables printed, JSON under experiments/bench/resu
 	$(BIN)/python experiments/bench/step_overhead.py
 	$(BIN)/python experiments/bench/telemetry_cost.py
 	$(BIN)/python experiments/bench/init_cost.py
+	$(BIN)/python experiments/bench/eval_cost.py
 
 clean:  ## remove logs and caches (never experiments/results)
 	rm -rf logs .pytest_cache
