@@ -34,18 +34,12 @@ isolation achieved.
 
 from __future__ import annotations
 
-import base64
-import gzip
-import inspect
-import pickle
 import re
-import zlib
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from astra.data.sources import _jsonl_rows
 from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, write_records
 from astra.tasks.code_execution import (
     ExecutionPolicy,
@@ -56,6 +50,8 @@ from astra.tasks.code_execution import (
     pass_at_1,
     run_program,
 )
+from astra.tasks.code_extraction import extract_code
+from astra.tasks.code_plus import PLUS_FIELDS, deserialized, load_plus, plus_program, plus_task_id, read_jsonl_gz
 from astra.tasks.generation import greedy_generate
 
 HUMANEVAL_INSTRUCTION = "Complete the following python code:\n{prompt}"
@@ -63,7 +59,6 @@ MBPP_INSTRUCTION = (
     "You are an expert Python programmer, and here is your task: {text} "
     "Your code should pass these tests:\n\n{tests}"
 )
-_PLUS_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol")  # EvalPlus rows
 CODE_FENCE = "```python\n{code}\n```"  # how training targets built from reference code are written (as CodeFeedback's)
 
 
@@ -160,9 +155,9 @@ def mbpp_plus_example(row: dict, split: str, task_cfg: Any = None) -> Example:
 
 
 def _mbpp_plus_instruction(row: dict) -> tuple[str, list[str]]:
-    missing = [key for key in (*_PLUS_FIELDS, "assertion") if key not in row]
+    missing = [key for key in (*PLUS_FIELDS, "assertion") if key not in row]
     if missing:
-        raise KeyError(f"MBPP+ row lacks field {missing[0]!r}; expected fields {', '.join((*_PLUS_FIELDS, 'assertion'))}")
+        raise KeyError(f"MBPP+ row lacks field {missing[0]!r}; expected fields {', '.join((*PLUS_FIELDS, 'assertion'))}")
     text = _text(row, "prompt", what="MBPP+").strip().strip("'\"").strip()  # the prompt is a bare docstring
     tests = [line for line in _text(row, "assertion", what="MBPP+").split("\n") if line.strip()]
     return MBPP_INSTRUCTION.format(text=text, tests="\n".join(tests)), tests
@@ -181,225 +176,6 @@ def codefeedback_example(row: dict, split: str, task_cfg: Any = None) -> Example
                          "(task.train_format=codefeedback, task.format=humaneval or mbpp)")  # fmt: skip
     instruction, output = _codefeedback_fields(row)
     return Example(ALPACA_PROMPT.format(instruction=instruction), f" {output}", None)
-
-
-# ------------------------------------------------------------------------------------------------ truncation
-_FENCE_OPEN = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*(?:\n|$)", re.IGNORECASE)
-_TOP_LEVEL_CODE = ("def ", "async def ", "class ", "import ", "from ", "@")
-# Top-level lines that end the code wherever they stand: driver code, never part of a solution.
-_ALWAYS_STOP = re.compile(r"(if\s+__name__\b|print\s*\(|print\s|assert\b|#\s*(example|test|usage|driver))", re.I)
-# Top-level lines that end the code once the function's body has ended (a superset of the Codex stop
-# sequences "\ndef", "\nclass", "\nif", "\nprint", "\n#").
-_AFTER_FUNCTION_STOP = re.compile(r"(def\s|async\s+def\s|class\s|@|if\b|for\b|while\b|with\b|try\b|#)")
-
-
-def extract_code(generation: str, entry_point: str | None = None) -> str:
-    """The code to run from a generation (the one truncation rule of this family).
-
-    1. Markdown: the code inside the first ```` ```python ```` fence (or bare ```` ``` ```` one that starts the
-       text or is paired), up to the closing "\\n```"; without one, everything up to the first "\\n```".
-    2. Body mode (the first code line is indented by a tab or 4+ spaces, or by 1-3 spaces and is no
-       def/class/import: the model continued the HumanEval prompt's function): kept as is (one stray leading
-       space from the Alpaca separator is dropped), up to the first top-level line, where the body has ended.
-    3. Program mode (a whole program; a leading space before its first line is dropped): cut at the first
-       top-level ``if __name__``, ``print``, ``assert`` or "# Example/# Test" line anywhere, and, once the body of ``def <entry_point>`` has ended,
-       at the first top-level def/class/decorator/if/for/while/with/try/comment or any line that uses the
-       function's name (a call of it). Imports and helpers before the function, and plain top-level lines after
-       it, are kept; with no ``entry_point`` (or none defined in the code) only the first rule cuts.
-    """
-    text = generation.replace("\r\n", "\n").replace("\r", "\n")
-    opened = _FENCE_OPEN.search(text)
-    # An untagged fence opens a block when it comes first or the fences pair up; a lone one closes a body.
-    if opened and (opened.group(0).strip() != "```" or not text[: opened.start()].strip() or text.count("```") % 2 == 0):
-        text = text[opened.end() :]
-    closed = text.find("\n```") if not text.startswith("```") else 0
-    if closed >= 0:
-        text = text[:closed]
-    lines = text.split("\n")
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    if not lines:
-        return ""
-    first = lines[0]
-    indent = len(first) - len(first.lstrip())
-    if first.startswith("\t") or indent >= 4 or (indent and not first.lstrip().startswith(_TOP_LEVEL_CODE)):
-        return _body_mode(lines)
-    return _program_mode([first.lstrip(), *lines[1:]], entry_point)
-
-
-def _is_top_level(line: str) -> bool:
-    return bool(line.strip()) and not line[0].isspace()
-
-
-def _body_mode(lines: list[str]) -> str:
-    first = lines[0]
-    indent = len(first) - len(first.lstrip(" "))
-    if first.startswith(" ") and indent % 4 == 1:  # " " + "    return x": the separator after "### Response:"
-        lines = [first[1:], *lines[1:]]
-    kept = []
-    for line in lines:
-        if _is_top_level(line):
-            break
-        kept.append(line)
-    code = "\n".join(kept).rstrip()
-    return code + "\n" if code else ""
-
-
-def _program_mode(lines: list[str], entry_point: str | None) -> str:
-    defines = re.compile(r"(async\s+)?def\s+" + re.escape(entry_point) + r"\s*\(") if entry_point else None
-    uses = re.compile(r"\b" + re.escape(entry_point) + r"\b") if entry_point else None
-    kept, state = [], "before"  # before the function, inside it, after its body
-    for line in lines:
-        if _is_top_level(line):
-            if _ALWAYS_STOP.match(line):
-                break
-            if state == "inside":
-                state = "after"
-            if state == "after" and (_AFTER_FUNCTION_STOP.match(line) or (uses and uses.search(line))):
-                break
-            if state == "before" and defines is not None and defines.match(line):
-                state = "inside"
-        kept.append(line)
-    code = "\n".join(kept).rstrip()
-    return code + "\n" if code else ""
-
-
-# --------------------------------------------------------------------------------------------- EvalPlus data
-
-def read_jsonl_gz(path: Path) -> tuple[list[dict], list[str]]:
-    """Rows of a gzip-compressed JSON Lines file (HumanEval.jsonl.gz, HumanEvalPlus.jsonl.gz) and their lines."""
-    try:
-        data = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError, zlib.error) as error:
-        raise ValueError(f"{path}: not a readable gzip file ({error}); expected gzip-compressed JSON Lines") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise ValueError(f"{path} line {line} (decompressed): not valid UTF-8 ({error.reason})") from None
-    numbered = _jsonl_rows(path, text.removeprefix("\ufeff"))
-    return [row for _, row in numbered], [f"file {path} line {line}" for line, _ in numbered]
-
-
-def load_plus(path: str | Path, benchmark: str) -> dict[str, dict]:
-    """EvalPlus problems by task id, inputs deserialised as EvalPlus does (MBPP+: tuples, sets, complex ...)."""
-    from astra.data.sources import read_rows_with_lines
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"task.eval.plus_file={str(path)!r} does not exist (HumanEvalPlus / MbppPlus jsonl[.gz])")
-    if path.suffix == ".gz":
-        rows, locations = read_jsonl_gz(path)
-    else:
-        numbered = read_rows_with_lines(path)
-        rows, locations = [row for _, row in numbered], [f"file {path} line {line}" for line, _ in numbered]
-    problems = {}
-    for row, location in zip(rows, locations, strict=True):
-        missing = [key for key in _PLUS_FIELDS if key not in row]
-        if missing:
-            raise ValueError(f"{location}: EvalPlus row lacks {', '.join(map(repr, missing))}; expected {', '.join(_PLUS_FIELDS)}")
-        problems[str(row["task_id"])] = row
-    return problems
-
-
-def deserialized(plus: dict, benchmark: str) -> dict:
-    """A copy of an EvalPlus row with its inputs as EvalPlus passes them (MBPP+: tuples, sets, complex ...)."""
-    if benchmark != "mbpp":
-        return plus
-    try:
-        from evalplus.data.mbpp import mbpp_deserialize_inputs
-    except ImportError as error:
-        raise ImportError(f"the MBPP+ plus tests need the evalplus package ({error})") from None
-    task_id = str(plus["task_id"])
-    return {**plus, "base_input": mbpp_deserialize_inputs(task_id, plus["base_input"]),
-            "plus_input": mbpp_deserialize_inputs(task_id, plus["plus_input"])}  # fmt: skip
-
-
-def plus_task_id(problem: dict) -> str:
-    """The EvalPlus id of a base problem: HumanEval/N is shared; MBPP task N is Mbpp/N."""
-    task_id = str(problem["task_id"])
-    return f"Mbpp/{task_id}" if problem["benchmark"] == "mbpp" and not task_id.startswith("Mbpp/") else task_id
-
-
-_PLUS_HARNESS = '''
-import base64, copy, math, pickle
-{oracles}
-_INPUTS = pickle.loads(base64.b64decode({inputs!r}))
-_reference = {{}}
-exec(compile({reference!r}, "<canonical solution>", "exec"), _reference)
-_expected = [_reference[{reference_entry!r}](*copy.deepcopy(_args)) for _args in _INPUTS]
-if {output_not_none!r}:
-    _expected = [_value is not None for _value in _expected]
-del _reference
-_candidate = {{}}
-exec(compile({candidate!r}, "<completion>", "exec"), _candidate)
-_function = _candidate[{candidate_entry!r}]
-
-
-def _floats(x):
-    return isinstance(x, float) or (isinstance(x, (list, tuple)) and bool(x) and all(isinstance(i, float) for i in x))
-
-
-def _close(out, exp, atol):  # numpy.allclose(out, exp, rtol=1e-07, atol=atol), numpy-free
-    if isinstance(exp, (list, tuple)):
-        return isinstance(out, (list, tuple)) and len(out) == len(exp) and all(_close(o, e, atol) for o, e in zip(out, exp))
-    if isinstance(exp, (int, float, complex)) and isinstance(out, (int, float, complex)):
-        return abs(out - exp) <= atol + 1e-07 * abs(exp)
-    return False
-
-
-_atol = {atol!r}
-for _index, (_args, _exp) in enumerate(zip(_INPUTS, _expected)):
-    _out = _function(*_args)
-    _match = _out == _exp
-    _entry = {reference_entry!r}
-    if {dataset!r} == "mbpp":
-        if _entry == "are_equivalent":
-            _match = True
-        elif _entry == "sum_div":
-            _match = _match or _out == 0
-        elif _entry == "surface_Area":
-            _match = _match or abs(_out - _surface_Area(*_args)) <= _atol
-        elif _entry == "digit_distance_nums":
-            _match = _match or _out == _digit_distance_nums(*_args)
-        elif _entry in {set_eq!r}:
-            _match = set(_out) == set(_exp)
-        elif _entry in {not_none!r}:
-            _match = _out == _exp if isinstance(_out, bool) else _exp == (_out is not None)
-    if {dataset!r} == "humaneval" and _entry == "find_zero":
-        assert abs(_poly(*_args, _out)) <= _atol, "input #%d: find_zero result is not a zero" % _index
-        continue
-    if _atol == 0 and _floats(_exp):
-        _atol = 1e-6
-    if not _match and _atol != 0:
-        _match = type(_out) == type(_exp) and _close(_out, _exp, _atol)
-    if not _match:
-        raise AssertionError("EvalPlus input #%d %.300r: expected %.300r, got %.300r" % (_index, _args, _exp, _out))
-'''
-
-
-def plus_program(plus: dict, completion: str, dataset: str, candidate_entry: str | None = None) -> str:
-    """A stdlib-only program that checks ``completion`` on EvalPlus's base + plus inputs, for run_program.
-
-    It mirrors evalplus 0.3.1 (``evaluate.get_groundtruth`` + ``eval.unsafe_execute``): expected outputs from
-    the canonical solution (computed first, before any model code runs), exact match, EvalPlus's special
-    oracles (taken from ``evalplus.eval._special_oracle``), float tolerance ``atol`` (1e-6 for float outputs).
-    Differences: one time limit for the whole program (``task.eval.plus_timeout_s``) instead of EvalPlus's
-    per-input limits, and the candidate is called by the name the prompt asked for (MBPP+ renamed a few)."""
-    from evalplus.eval import _special_oracle as oracle
-
-    sources = [inspect.getsource(f) for f in (oracle._poly, oracle._surface_Area, oracle._digit_distance_nums)]
-    inputs = base64.b64encode(pickle.dumps(list(plus["base_input"]) + list(plus["plus_input"]))).decode("ascii")
-    prompt, solution = plus["prompt"], plus["canonical_solution"]
-    reference = prompt + ("" if prompt.endswith("\n") or solution.startswith("\n") else "\n") + solution
-    candidate = plus["prompt"] + completion if dataset == "humaneval" else completion
-    return _PLUS_HARNESS.format(
-        oracles="\n".join(sources), inputs=inputs, reference=reference, candidate=candidate,
-        reference_entry=plus["entry_point"], candidate_entry=candidate_entry or plus["entry_point"],
-        output_not_none=dataset == "mbpp" and plus["entry_point"] in oracle.MBPP_OUTPUT_NOT_NONE_TASKS,
-        atol=plus["atol"] or 0, dataset=dataset, set_eq=list(oracle.MBPP_OUTPUT_SET_EQ_TASKS),
-        not_none=list(oracle.MBPP_OUTPUT_NOT_NONE_TASKS),
-    )  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------------- family
