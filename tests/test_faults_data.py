@@ -105,8 +105,15 @@ def test_json_syntax_error_names_its_line(setup_with, tmp_path):
 
 def test_json_file_that_is_not_an_array_says_what_is_expected(tmp_path):
     path = tmp_path / "rows.json"
-    path.write_text(GOOD, encoding="utf-8")
+    path.write_text('"just a string"', encoding="utf-8")
     assert error_of(read_rows, path).startswith(f"{path}: expected a JSON array of objects")
+
+
+def test_json_file_holding_json_lines_is_read_as_lines(tmp_path):
+    """MATH's published test.json is JSON Lines: an object where an array would start says so."""
+    path = tmp_path / "test.json"
+    path.write_text(f"{GOOD}\n{GOOD}\n", encoding="utf-8")
+    assert len(read_rows(path)) == 2
 
 
 def test_json_array_element_that_is_not_an_object_names_its_line(tmp_path):

@@ -140,3 +140,22 @@ def test_code_task_without_opt_in_fails_before_training(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "build_model", lambda *a, **k: pytest.fail("the model was loaded without the opt-in"))
     with pytest.raises(PermissionError, match="task.eval.allow_code_execution=true.*ASTRA_ALLOW_CODE_EXECUTION=1"):
         run.train(compose_config(tmp_path, ["task=humaneval", *QUICK]), overrides=[])
+
+
+SHARED = CONF_DIR.parents[1] / "shared" / "data"  # ../shared beside the checkout (absent in other clones)
+REAL_FILES = [("gsm8k", "gsm8k", "gsm8k/test.jsonl", 1319), ("gsm8k", "gsm8k", "gsm8k/GSM8K_test.jsonl", 1319),
+              ("gsm8k", "llm_adapters", "gsm8k/test.json", 1319), ("math", "math", "math/test.json", 5000),
+              ("math", "math", "math/test_ori.jsonl", 500)]  # fmt: skip
+
+
+@pytest.mark.parametrize("task,fmt,path,rows", REAL_FILES, ids=[f[2] for f in REAL_FILES])
+def test_math_loaders_read_every_real_file(tmp_path, task, fmt, path, rows):
+    if not (SHARED / path).is_file():
+        pytest.skip(f"{SHARED / path} is not here")
+    overrides = [f"task={task}", "task.source=files", f"task.format={fmt}", f"task.data.train={SHARED / 'gsm8k/train.jsonl'}",
+                 f"task.data.test={SHARED / path}", "task.train_limit=8", "task.train_format=gsm8k"]  # fmt: skip
+    cfg = compose_config(tmp_path, overrides)
+    datamodule = TaskDataModule(cfg.task, load_tiny_tokenizer(), batch_size=4, seed=0)
+    datamodule.setup()
+    assert len(datamodule.test_examples) == rows
+    assert all(example.reference not in (None, "") for example in datamodule.test_examples)

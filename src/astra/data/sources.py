@@ -100,7 +100,10 @@ def read_rows_with_lines(path: str | Path) -> list[tuple[int, dict]]:
     if path.suffix not in (".jsonl", ".json"):
         raise ValueError(f"data file {path} has suffix {path.suffix!r}; expected .jsonl or .json")
     text = _decode_utf8(path)
-    return _jsonl_rows(path, text) if path.suffix == ".jsonl" else _json_array_rows(path, text)
+    # Some published .json files hold JSON Lines (MATH's test.json in several repositories): an object first,
+    # not an array, says so unambiguously.
+    lines_format = path.suffix == ".jsonl" or text.lstrip().startswith("{")
+    return _jsonl_rows(path, text) if lines_format else _json_array_rows(path, text)
 
 
 def read_rows(path: str | Path) -> list[dict]:

@@ -41,7 +41,11 @@ def _prompt(instruction: str, split: str, task_cfg: Any) -> str:
 
 
 def gsm8k_example(row: dict, split: str = "train", task_cfg: Any = None) -> Example:
-    """GSM8K {question, answer} -> the solution without calculator annotations, ending 'The answer is: N'."""
+    """GSM8K {question, answer} (or the {query, response} copy of the test set) -> the solution without
+    calculator annotations, ending 'The answer is: N'."""
+    if "query" in row and "question" not in row:
+        _require(row, ("query", "response"), "GSM8K")
+        row = {"question": row["query"], "answer": row["response"]}
     _require(row, ("question", "answer"), "GSM8K")
     final = gsm8k_reference(row["answer"])
     steps = _CALCULATOR_ANNOTATION.sub("", row["answer"].split("####")[0]).strip()
@@ -64,6 +68,15 @@ def metamath_example(row: dict, split: str, task_cfg: Any) -> Example:
     return Example(_prompt(instruction, split, task_cfg), f" {output}", output.rsplit(ANSWER_PREFIX, 1)[-1].strip())
 
 
+def llm_adapters_math_example(row: dict, split: str, task_cfg: Any) -> Example:
+    """LLM-Adapters math rows {instruction, input, output, answer} (e.g. its GSM8K test.json): the answer is a number."""
+    _require(row, ("instruction", "output", "answer"), "LLM-Adapters math")
+    reference = extract_gsm8k_answer(f"{ANSWER_PREFIX} {row['answer']}")
+    if reference is None:
+        raise ValueError(f"LLM-Adapters math row's answer {row['answer']!r} is not a number")
+    return Example(_prompt(row["instruction"], split, task_cfg), f" {row['output'].strip()}", reference)
+
+
 def _metamath_fields(row: dict) -> tuple[str, str]:
     if "query" in row and "response" in row:
         return row["query"], row["response"]
@@ -81,12 +94,13 @@ class MathFamily(TaskFamily):
     name = "math"
 
     def row_formats(self):
-        return {"gsm8k": gsm8k_example, "math": math_example, "metamath": metamath_example}
+        return {"gsm8k": gsm8k_example, "math": math_example, "metamath": metamath_example,
+                "llm_adapters": llm_adapters_math_example}  # fmt: skip
 
     def instruction_and_output(self, row: dict, task_cfg: Any) -> tuple[str, str]:
-        if "question" in row:
+        if "question" in row or "response" in row and "####" in str(row.get("response")):
             example = gsm8k_example(row)
-            return row["question"], example.answer.strip()
+            return row.get("question", row.get("query")), example.answer.strip()
         if "problem" in row:
             return row["problem"], row["solution"]
         return _metamath_fields(row)
