@@ -51,7 +51,7 @@ def examples(task: str, n: int = 3, fmt: str | None = None):
 def patch_generation(monkeypatch, outputs):
     calls = []
 
-    def fake(model, tokenizer, prompts, max_new_tokens, batch_size, device):
+    def fake(model, tokenizer, prompts, max_new_tokens, batch_size, device, **options):
         calls.append(prompts)
         return outputs(prompts) if callable(outputs) else list(outputs)
 

@@ -159,3 +159,19 @@ def test_math_loaders_read_every_real_file(tmp_path, task, fmt, path, rows):
     datamodule.setup()
     assert len(datamodule.test_examples) == rows
     assert all(example.reference not in (None, "") for example in datamodule.test_examples)
+
+
+def test_lm_eval_generation_equals_the_plain_loop(tmp_path):
+    """backend=hf (lm-eval generate_until, HFLM on the in-memory model) gives the tokens the plain loop gives."""
+    import torch
+
+    from astra.models import tiny_llama
+    from astra.tasks.generation import greedy_generate
+
+    tokenizer, model = load_tiny_tokenizer(), tiny_llama(seed=0)
+    prompts = ["Below is an instruction. ### Response:", "What is 2+2? The answer is:", "Hello there"]
+    cpu = torch.device("cpu")
+    through_lm_eval = greedy_generate(model, tokenizer, prompts, 12, 2, cpu, backend="hf", work_dir=tmp_path)
+    assert through_lm_eval == greedy_generate(model, tokenizer, prompts, 12, 2, cpu, backend="loop")
+    with pytest.raises(ValueError, match="task.eval.backend='tpu' is not valid"):
+        greedy_generate(model, tokenizer, prompts, 12, 2, cpu, backend="tpu")

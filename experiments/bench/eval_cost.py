@@ -138,7 +138,7 @@ def main() -> None:
         t_fw, scored = timed(lambda: score_multiple_choice(model, tokenizer, "piqa", items, work, batch_size=args.batch_size), device)
         t_bare, bare = timed(lambda: bare_loglikelihoods(model, tokenizer, items, args.batch_size, device), device)
         gap = max(abs(a - b) for rec, ref in zip(scored["records"], bare) for a, b in zip(rec["loglikelihoods"], ref))
-        g_fw, texts = timed(lambda: greedy_generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, device), device)
+        g_fw, texts = timed(lambda: greedy_generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, device, backend="hf", work_dir=work), device)
         g_bare, made = timed(lambda: bare_generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, device), device)
         made_fw = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
         ratios["mc"].append(t_fw / t_bare)

@@ -52,7 +52,7 @@ from astra.tasks.code_execution import (
 )
 from astra.tasks.code_extraction import extract_code
 from astra.tasks.code_plus import PLUS_FIELDS, deserialized, load_plus, plus_program, plus_task_id, read_jsonl_gz
-from astra.tasks.generation import greedy_generate
+from astra.tasks.generation import generation_options, greedy_generate
 
 HUMANEVAL_INSTRUCTION = "Complete the following python code:\n{prompt}"
 MBPP_INSTRUCTION = (
@@ -224,7 +224,7 @@ class CodeFamily(TaskFamily):
         plus_file = task_cfg.eval.get("plus_file")
         plus = load_plus(plus_file, examples[0].reference["benchmark"]) if plus_file and examples else None
         generations = greedy_generate(model, tokenizer, [e.prompt for e in examples], task_cfg.eval.max_new_tokens,
-                                      task_cfg.eval.batch_size, settings.device)  # fmt: skip
+                                      task_cfg.eval.batch_size, settings.device, **generation_options(task_cfg, settings))  # fmt: skip
         records, results, plus_passed = [], [], []
         for example, text in zip(tqdm(examples, desc="execute", leave=False), generations):
             problem = example.reference

@@ -20,7 +20,7 @@ from typing import Any
 
 from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, write_records
 from astra.tasks.commonsense_data import answer_word, parse_llm_adapters_row, read_hellaswag
-from astra.tasks.generation import greedy_generate
+from astra.tasks.generation import generation_options, greedy_generate
 from astra.tasks.lm_eval_runner import score_multiple_choice
 
 PROTOCOLS = ("loglikelihood", "generation")
@@ -85,7 +85,7 @@ class CommonsenseFamily(TaskFamily):
             metrics = {"accuracy": metrics["acc"], "acc_norm": metrics.get("acc_norm"), "n_eval": float(metrics["n_eval"])}
         else:
             generations = greedy_generate(model, tokenizer, [e.prompt for e in examples], task_cfg.eval.max_new_tokens,
-                                          task_cfg.eval.batch_size, settings.device)  # fmt: skip
+                                          task_cfg.eval.batch_size, settings.device, **generation_options(task_cfg, settings))  # fmt: skip
             records = []
             for example, text in zip(examples, generations):
                 extracted, expected = first_answer_word(task_cfg.benchmark, text), answer_word(example.meta)

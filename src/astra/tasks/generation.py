@@ -1,13 +1,49 @@
-"""Greedy generation in left-padded batches (BOS added as in training), shared by the generation families."""
+"""Greedy generation for the generation families (math, code, commonsense's generation protocol).
+
+``task.eval.backend``: ``hf`` (default) runs lm-eval's ``generate_until`` with its HFLM model on the in-memory
+model (``lm_eval_generation``); ``loop`` is the framework's own batched loop below (same tokens: BOS first,
+left padding; kept as the reference the benchmark and tests compare with); ``vllm`` is lm-eval's vLLM model,
+an optional GPU-only extra that is not wired in yet (it downgrades transformers: never in the main
+environment)."""
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+BACKENDS = ("hf", "loop", "vllm")
+
+
+def generation_options(task_cfg, settings) -> dict:
+    """The backend and work folder a family's evaluation passes to :func:`greedy_generate`."""
+    work_dir = settings.records_path.parent / "lm_eval" if settings.records_path is not None else None
+    return {"backend": str(task_cfg.eval.get("backend", "hf")), "work_dir": work_dir}
+
+
+def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, device: torch.device,
+                    backend: str = "hf", work_dir: Path | None = None) -> list[str]:  # fmt: skip
+    if backend == "hf":
+        from astra.tasks.lm_eval_generation import generate_with_lm_eval
+
+        work_dir = work_dir or Path(tempfile.mkdtemp(prefix="astra-generate-"))
+        return generate_with_lm_eval(model, tokenizer, prompts, work_dir, max_new_tokens, batch_size)
+    if backend == "loop":
+        return generate_loop(model, tokenizer, prompts, max_new_tokens, batch_size, device)
+    if backend == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError("task.eval.backend=vllm needs vLLM, an optional GPU-only extra kept out of the main "
+                              "environment (it downgrades transformers): install it in a separate environment")  # fmt: skip
+        raise NotImplementedError("task.eval.backend=vllm is not wired in yet; use task.eval.backend=hf")
+    raise ValueError(f"task.eval.backend={backend!r} is not valid; expected one of {list(BACKENDS)}")
+
 
 @torch.no_grad()
-def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, device: torch.device) -> list[str]:
+def generate_loop(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, device: torch.device) -> list[str]:
     was_training = model.training
     model.eval()
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []

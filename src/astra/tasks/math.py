@@ -14,7 +14,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, write_records
-from astra.tasks.generation import greedy_generate
+from astra.tasks.generation import generation_options, greedy_generate
 from astra.tasks.math_answers import (
     extract_gsm8k_answer,
     extract_math_answer,
@@ -112,7 +112,8 @@ class MathFamily(TaskFamily):
         correct_fn, extract_fn = SCORERS[metric]
         examples = examples[: settings.limit] if settings.limit else examples
         generations = greedy_generate(
-            model, tokenizer, [e.prompt for e in examples], task_cfg.eval.max_new_tokens, task_cfg.eval.batch_size, settings.device
+            model, tokenizer, [e.prompt for e in examples], task_cfg.eval.max_new_tokens, task_cfg.eval.batch_size,
+            settings.device, **generation_options(task_cfg, settings),
         )
         records = []
         for index, (example, text) in enumerate(tqdm(list(zip(examples, generations)), desc="score", leave=False)):

@@ -1,0 +1,66 @@
+"""Greedy generation through lm-eval's ``generate_until`` (HFLM in process, on the in-memory model).
+
+The generation families (math, code) score the texts themselves (math-verify, sandboxed execution), so the
+lm-eval task here only produces generations (metric ``bypass``): one JSONL of prompts, one request each.
+BOS is prepended, as in training; decoding stops at EOS, at ``max_gen_toks`` new tokens or
+at any of ``stop``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from astra.tasks.lm_eval_runner import write_items_jsonl
+
+log = logging.getLogger(__name__)
+
+TASK = "astra_generate"
+
+
+def generate_with_lm_eval(model, tokenizer, prompts: list[str], work_dir: str | Path, max_gen_toks: int,
+                          batch_size: int, stop: list[str] | None = None) -> list[str]:  # fmt: skip
+    from lm_eval.evaluator import evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # BOS as text: HFLM adds it only where the tokenizer's own post-processor does (not every tokenizer has one);
+    # as a registered special token, the text encodes to the BOS id, as training's tokenisation does.
+    bos = tokenizer.bos_token or ""
+    rows = [{"id": i, "prompt": bos + p, "target": ""} for i, p in enumerate(prompts)]
+    data_file = write_items_jsonl(rows, work_dir, TASK)
+    config = {
+        "task": TASK,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file.resolve())},
+                           "cache_dir": str((work_dir / "hf_datasets_cache").resolve())},  # fmt: skip
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": "prompt",
+        "doc_to_target": "target",
+        "target_delimiter": "",
+        "generation_kwargs": {"until": list(stop or []), "do_sample": False, "max_gen_toks": int(max_gen_toks)},
+        "metric_list": [{"metric": "bypass"}],
+        "num_fewshot": 0,
+    }
+    was_training = model.training
+    had_pad_token = getattr(tokenizer, "pad_token", None) is not None
+    model.eval()
+    hf_logger = logging.getLogger("lm_eval.models.huggingface")
+    level = hf_logger.level
+    try:
+        hf_logger.setLevel(logging.ERROR)  # its warnings about a model object passed as `pretrained` are expected
+        try:
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=False)
+        finally:
+            hf_logger.setLevel(level)
+        task_dict = TaskManager(include_defaults=False).load([config])
+        results = evaluate(lm=lm, task_dict=task_dict, bootstrap_iters=0, log_samples=True)
+    finally:
+        model.train(was_training)
+        if not had_pad_token and getattr(tokenizer, "pad_token", None) is not None:
+            tokenizer.pad_token = None
+    samples = sorted(results["samples"][TASK], key=lambda sample: sample["doc_id"])
+    return [sample["resps"][0][0] for sample in samples]
