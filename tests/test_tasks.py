@@ -175,3 +175,14 @@ def test_lm_eval_generation_equals_the_plain_loop(tmp_path):
     assert through_lm_eval == greedy_generate(model, tokenizer, prompts, 12, 2, cpu, backend="loop")
     with pytest.raises(ValueError, match="task.eval.backend='tpu' is not valid"):
         greedy_generate(model, tokenizer, prompts, 12, 2, cpu, backend="tpu")
+
+
+def test_math_training_rows_are_recognised_by_their_fields():
+    from astra.tasks.math import MathFamily
+
+    task_cfg = compose_config_like_math()
+    assert task_cfg.train_format == "auto"
+    family = MathFamily()
+    metamath = family.format_row({"query": "q?", "response": "so 2.\nThe answer is: 2"}, "train", task_cfg)
+    gsm8k = family.format_row({"question": "q?", "answer": "1+1=2\n#### 2"}, "train", task_cfg)
+    assert metamath.reference == "2" and gsm8k.answer.endswith("The answer is: 2") and gsm8k.reference == "2"

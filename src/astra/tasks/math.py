@@ -93,6 +93,12 @@ SCORERS = {
 class MathFamily(TaskFamily):
     name = "math"
 
+    def format_row(self, row: dict, split: str, task_cfg: Any) -> Example:
+        if split == "train" and task_cfg.get("train_format") == "auto":  # the fields say which data set it is
+            name = "gsm8k" if "question" in row else "math" if "problem" in row else "metamath"
+            return self.row_formats()[name](row, split, task_cfg)
+        return super().format_row(row, split, task_cfg)
+
     def row_formats(self):
         return {"gsm8k": gsm8k_example, "math": math_example, "metamath": metamath_example,
                 "llm_adapters": llm_adapters_math_example}  # fmt: skip
