@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from astra.tasks.lm_eval_runner import write_items_jsonl
+from astra.tasks.lm_eval_runner import hflm_session, write_items_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,6 @@ TASK = "astra_generate"
 def generate_with_lm_eval(model, tokenizer, prompts: list[str], work_dir: str | Path, max_gen_toks: int,
                           batch_size: int, stop: list[str] | None = None) -> list[str]:  # fmt: skip
     from lm_eval.evaluator import evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     work_dir = Path(work_dir)
@@ -45,22 +44,7 @@ def generate_with_lm_eval(model, tokenizer, prompts: list[str], work_dir: str | 
         "metric_list": [{"metric": "bypass"}],
         "num_fewshot": 0,
     }
-    was_training = model.training
-    had_pad_token = getattr(tokenizer, "pad_token", None) is not None
-    model.eval()
-    hf_logger = logging.getLogger("lm_eval.models.huggingface")
-    level = hf_logger.level
-    try:
-        hf_logger.setLevel(logging.ERROR)  # its warnings about a model object passed as `pretrained` are expected
-        try:
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=False)
-        finally:
-            hf_logger.setLevel(level)
-        task_dict = TaskManager(include_defaults=False).load([config])
-        results = evaluate(lm=lm, task_dict=task_dict, bootstrap_iters=0, log_samples=True)
-    finally:
-        model.train(was_training)
-        if not had_pad_token and getattr(tokenizer, "pad_token", None) is not None:
-            tokenizer.pad_token = None
+    with hflm_session(model, tokenizer, batch_size=batch_size, add_bos_token=False) as lm:
+        results = evaluate(lm=lm, task_dict=TaskManager(include_defaults=False).load([config]), bootstrap_iters=0, log_samples=True)
     samples = sorted(results["samples"][TASK], key=lambda sample: sample["doc_id"])
     return [sample["resps"][0][0] for sample in samples]

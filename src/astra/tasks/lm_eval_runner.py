@@ -23,6 +23,7 @@ one is removed again. ``acc_norm`` is lm-eval's (log-likelihood / number of char
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,6 +36,30 @@ TASK_DIR = Path(__file__).parent / "lm_eval_tasks"
 TASK_PREFIX = "astra_"
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def hflm_session(model: Any, tokenizer: Any, **hflm_kwargs: Any):
+    """lm-eval's HFLM around the in-memory model, in eval mode; on exit the model's mode comes back and a pad
+    token that lm-eval added to a tokenizer without one is removed again."""
+    from lm_eval.models.huggingface import HFLM
+
+    was_training = model.training
+    had_pad_token = getattr(tokenizer, "pad_token", None) is not None
+    model.eval()
+    hf_logger = logging.getLogger("lm_eval.models.huggingface")
+    level = hf_logger.level
+    try:
+        hf_logger.setLevel(logging.ERROR)  # its warnings about a model object passed as `pretrained` are expected
+        try:
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, **hflm_kwargs)
+        finally:
+            hf_logger.setLevel(level)
+        yield lm
+    finally:
+        model.train(was_training)
+        if not had_pad_token and getattr(tokenizer, "pad_token", None) is not None:
+            tokenizer.pad_token = None
 
 
 def lm_eval_task_name(task_name: str) -> str:
@@ -86,7 +111,6 @@ def score_multiple_choice(
     continuation (``" " + choice``; for WinoGrande ``" " + continuation`` after ``query + choice``).
     """
     from lm_eval.evaluator import evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     from lm_eval.tasks._yaml_loader import load_yaml
 
@@ -109,22 +133,8 @@ def score_multiple_choice(
         "cache_dir": str((work_dir / "hf_datasets_cache").resolve()),
     }
 
-    was_training = model.training
-    had_pad_token = getattr(tokenizer, "pad_token", None) is not None
-    model.eval()
-    hf_logger = logging.getLogger("lm_eval.models.huggingface")
-    level = hf_logger.level
-    try:
-        hf_logger.setLevel(logging.ERROR)  # its two warnings about a model object passed as `pretrained` are expected
-        try:
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
-        finally:
-            hf_logger.setLevel(level)
+    with hflm_session(model, tokenizer, batch_size=batch_size, max_length=max_length) as lm:
         results = evaluate(lm=lm, task_dict=task_manager.load([config]), bootstrap_iters=0, log_samples=True)
-    finally:
-        model.train(was_training)
-        if not had_pad_token and getattr(tokenizer, "pad_token", None) is not None:
-            tokenizer.pad_token = None
 
     scores = results["results"][task]
     records = []
