@@ -83,7 +83,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
                 record.facts["exported"] = pipeline.export_adapter(cfg, model, run_dir)
                 pipeline.remove_checkpoint(run_dir)
         except RunInterrupted as exc:
-            record.interrupted(exc, trainer)
+            record.interrupted(exc)
             raise
         except BaseException as exc:  # the result file records the failure; the error still propagates
             # A NaN loss can surface first as another error (an SVD in telemetry, a NaN in generation): name it.

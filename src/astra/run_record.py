@@ -64,7 +64,7 @@ class RunRecord:
         self.resume_from: Path | None = None
         self.facts: dict[str, Any] = {"metrics": {}, "train_loss": results.loss_summary([]), "parameters": None}
 
-    def interrupted(self, exc: Any, trainer: Any) -> None:
+    def interrupted(self, exc: Any) -> None:
         self.status, self.error = "interrupted", describe(exc)
         self.interruption = {"signal": exc.signal_name, "phase": self.watch.phase}
 

@@ -125,13 +125,12 @@ class TaskDataModule(pl.LightningDataModule):
         self.val_set = TokenizedExamples([features[i] for i in val_ids], val_ids) if val_ids else None
         self.test_examples = self._load_examples("test")
 
-    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, pad_to: int | None = None) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
+    def _loader(self, dataset: Dataset, batch_size: int, pad_to: int | None = None, sampler=None) -> DataLoader:
+        """In order, or in ``sampler``'s order (training)."""
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator if shuffle else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=partial(collate, pad_token_id=self.tokenizer.pad_token_id, pad_to=pad_to),
         )
@@ -142,13 +141,7 @@ class TaskDataModule(pl.LightningDataModule):
         if self._resume_position is not None:
             epoch, batches_done = self._resume_position
             sampler.resume_at(epoch, batches_done * self.batch_size * self._world_size())
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_token_id=self.tokenizer.pad_token_id),
-        )
+        return self._loader(self.train_set, self.batch_size, sampler=sampler)
 
     def _world_size(self) -> int:
         trainer = getattr(self, "trainer", None)
@@ -170,7 +163,7 @@ class TaskDataModule(pl.LightningDataModule):
             self._resume_position = (int(state["epoch"]), int(state["batches_done"]))
 
     def val_dataloader(self):
-        return self._loader(self.val_set, shuffle=False, batch_size=self.batch_size) if self.val_set else []
+        return self._loader(self.val_set, self.batch_size) if self.val_set else []
 
     def calibration_dataloader(self, n_samples: int, batch_size: int, text: str = "train") -> DataLoader:
         """Exactly ``n_samples`` training rows chosen with the run's seed, every row padded to
@@ -192,4 +185,4 @@ class TaskDataModule(pl.LightningDataModule):
             examples = [self.family.calibration_example(self.train_rows[i], self.task_cfg, text) for i in ids]
             features = [tokenize_example(example, self.tokenizer, self.max_length) for example in examples]
         subset = TokenizedExamples(features, ids)
-        return self._loader(subset, shuffle=False, batch_size=batch_size, pad_to=self.max_length)
+        return self._loader(subset, batch_size, pad_to=self.max_length)
