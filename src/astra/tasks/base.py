@@ -56,6 +56,9 @@ class TaskFamily:
 
     def check_ready(self, task_cfg: Any) -> None:
         """Called before anything is loaded: refuse early what evaluation would refuse after hours of training."""
+        from astra.tasks.generation import check_backend
+
+        check_backend(task_cfg)
 
     def read_file(self, path: Path) -> tuple[list[dict], list[str]] | None:
         """Rows and their locations from a file that is not JSON / JSON Lines; None: not a format of this family."""

@@ -198,6 +198,7 @@ class CodeFamily(TaskFamily):
     name = "code"
 
     def check_ready(self, task_cfg: Any) -> None:
+        super().check_ready(task_cfg)
         check_opt_in(execution_policy(task_cfg))  # a run without both switches fails before training, not after
 
     def read_file(self, path: Path):

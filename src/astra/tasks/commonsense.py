@@ -20,6 +20,7 @@ from typing import Any
 
 from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, write_records
 from astra.tasks.commonsense_data import answer_word, parse_llm_adapters_row, read_hellaswag
+from astra.tasks.commonsense_hub import hub_item
 from astra.tasks.generation import generation_options, greedy_generate
 from astra.tasks.lm_eval_runner import score_multiple_choice
 
@@ -65,8 +66,13 @@ class CommonsenseFamily(TaskFamily):
             return Example(ALPACA_PROMPT.format(instruction=row["instruction"]), " " + row["output"], row["answer"])
         benchmark = task_cfg.benchmark
         self._test_rows = getattr(self, "_test_rows", 0) + 1  # 1-based position, for the item id
-        item = row if "choices" in row else parse_llm_adapters_row(benchmark, row, "row", self._test_rows)
-        instruction = row.get("instruction") or hellaswag_instruction(item)
+        if "query" in row and "gold" in row:  # already an item (HellaSwag's text file)
+            item = row
+        elif "instruction" in row:  # an LLM-Adapters test file
+            item = parse_llm_adapters_row(benchmark, row, "row", self._test_rows)
+        else:  # the benchmark's own Hub dataset (task.source=hub)
+            item = hub_item(benchmark, row, self._test_rows, f"row {self._test_rows}")
+        instruction = row.get("instruction") or item.get("instruction") or hellaswag_instruction(item)
         return Example(ALPACA_PROMPT.format(instruction=instruction), "", item["gold"], meta=item)
 
     def instruction_and_output(self, row: dict, task_cfg: Any) -> tuple[str, str]:

@@ -2,9 +2,9 @@
 
 ``task.eval.backend``: ``hf`` (default) runs lm-eval's ``generate_until`` with its HFLM model on the in-memory
 model (``lm_eval_generation``); ``loop`` is the framework's own batched loop below (same tokens: BOS first,
-left padding; kept as the reference the benchmark and tests compare with); ``vllm`` is lm-eval's vLLM model,
-an optional GPU-only extra that is not wired in yet (it downgrades transformers: never in the main
-environment)."""
+left padding; kept as the reference the benchmark and tests compare with); ``vllm`` is lm-eval's vLLM model on
+an exported, merged copy of the trained model (``lm_eval_vllm``: a GPU-only optional extra, never in the main
+environment, since it pins an older transformers)."""
 
 from __future__ import annotations
 
@@ -20,25 +20,37 @@ BACKENDS = ("hf", "loop", "vllm")
 def generation_options(task_cfg, settings) -> dict:
     """The backend and work folder a family's evaluation passes to :func:`greedy_generate`."""
     work_dir = settings.records_path.parent / "lm_eval" if settings.records_path is not None else None
-    return {"backend": str(task_cfg.eval.get("backend", "hf")), "work_dir": work_dir}
+    vllm_args = task_cfg.eval.get("vllm_args")
+    options = {"backend": str(task_cfg.eval.get("backend", "hf")), "work_dir": work_dir}
+    return {**options, "vllm_args": dict(vllm_args)} if vllm_args else options
+
+
+def check_backend(task_cfg) -> None:
+    """Before training: the backend is known and, for vllm, installed with a GPU to run on."""
+    backend = str(task_cfg.eval.get("backend", "hf"))
+    if backend not in BACKENDS:
+        raise ValueError(f"task.eval.backend={backend!r} is not valid; expected one of {list(BACKENDS)}")
+    if backend == "vllm":
+        from astra.tasks.lm_eval_vllm import check_vllm_ready
+
+        check_vllm_ready()
 
 
 def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, device: torch.device,
-                    backend: str = "hf", work_dir: Path | None = None) -> list[str]:  # fmt: skip
-    if backend == "hf":
+                    backend: str = "hf", work_dir: Path | None = None, vllm_args: dict | None = None) -> list[str]:  # fmt: skip
+    if backend in ("hf", "vllm"):
         from astra.tasks.lm_eval_generation import generate_with_lm_eval
 
+        if backend == "vllm":
+            from astra.tasks.lm_eval_vllm import INSTALL_HINT, vllm_installed
+
+            if not vllm_installed():
+                raise ImportError(INSTALL_HINT)
         work_dir = work_dir or Path(tempfile.mkdtemp(prefix="astra-generate-"))
-        return generate_with_lm_eval(model, tokenizer, prompts, work_dir, max_new_tokens, batch_size)
+        return generate_with_lm_eval(model, tokenizer, prompts, work_dir, max_new_tokens, batch_size,
+                                     backend=backend, vllm_args=vllm_args)  # fmt: skip
     if backend == "loop":
         return generate_loop(model, tokenizer, prompts, max_new_tokens, batch_size, device)
-    if backend == "vllm":
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:
-            raise ImportError("task.eval.backend=vllm needs vLLM, an optional GPU-only extra kept out of the main "
-                              "environment (it downgrades transformers): install it in a separate environment")  # fmt: skip
-        raise NotImplementedError("task.eval.backend=vllm is not wired in yet; use task.eval.backend=hf")
     raise ValueError(f"task.eval.backend={backend!r} is not valid; expected one of {list(BACKENDS)}")
 
 

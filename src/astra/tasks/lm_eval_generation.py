@@ -1,4 +1,4 @@
-"""Greedy generation through lm-eval's ``generate_until`` (HFLM in process, on the in-memory model).
+"""Greedy generation through lm-eval's ``generate_until`` (HFLM in process on the in-memory model, or vLLM).
 
 The generation families (math, code) score the texts themselves (math-verify, sandboxed execution), so the
 lm-eval task here only produces generations (metric ``bypass``): one JSONL of prompts, one request each.
@@ -19,7 +19,10 @@ TASK = "astra_generate"
 
 
 def generate_with_lm_eval(model, tokenizer, prompts: list[str], work_dir: str | Path, max_gen_toks: int,
-                          batch_size: int, stop: list[str] | None = None) -> list[str]:  # fmt: skip
+                          batch_size: int, stop: list[str] | None = None, backend: str = "hf",
+                          vllm_args: dict | None = None) -> list[str]:  # fmt: skip
+    """Greedy generations for ``prompts``; ``backend`` ``hf``: HFLM on the in-memory model, ``vllm``: lm-eval's
+    vLLM model on an exported copy of it (``lm_eval_vllm``)."""
     from lm_eval.evaluator import evaluate
     from lm_eval.tasks import TaskManager
 
@@ -44,7 +47,13 @@ def generate_with_lm_eval(model, tokenizer, prompts: list[str], work_dir: str | 
         "metric_list": [{"metric": "bypass"}],
         "num_fewshot": 0,
     }
-    with hflm_session(model, tokenizer, batch_size=batch_size, add_bos_token=False) as lm:
+    if backend == "vllm":
+        from astra.tasks.lm_eval_vllm import vllm_session
+
+        session = vllm_session(model, tokenizer, work_dir, vllm_args)
+    else:
+        session = hflm_session(model, tokenizer, batch_size=batch_size, add_bos_token=False)
+    with session as lm:
         results = evaluate(lm=lm, task_dict=TaskManager(include_defaults=False).load([config]), bootstrap_iters=0, log_samples=True)
     samples = sorted(results["samples"][TASK], key=lambda sample: sample["doc_id"])
     return [sample["resps"][0][0] for sample in samples]
