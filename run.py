@@ -21,7 +21,12 @@ import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 
-from astra import hydra_support, pipeline, results  # hydra_support registers ${astra_uid:} before composing
+from astra import (  # hydra_support registers ${astra_uid:} before composing
+    hydra_support,
+    pipeline,
+    results,
+    skip_existing,
+)
 from astra.checkpointing import resume_argv
 from astra.interrupts import RunInterrupted, interruption_guard
 from astra.models import build_model, build_tokenizer
@@ -35,7 +40,15 @@ log = logging.getLogger("run")
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     """One run. Returns the task's primary metric (so Hydra sweepers can optimise it)."""
     run_dir = Path(cfg.paths.output_dir)
+    fingerprint = skip_existing.fingerprint_of(cfg)
+    if skip_existing.should_skip(cfg, hydra_support.in_multirun()):
+        existing = skip_existing.find_ok_result(results.experiment_dir(cfg.paths.results_dir, cfg.experiment_name), fingerprint)
+        if existing is not None:  # this cell of the grid is done: its result stands (skip_existing=false reruns)
+            log.info("skipping: an ok result for this config exists at %s", existing["path"])
+            skip_existing.record_skip(run_dir, existing)
+            return float(existing.get("metrics", {}).get(cfg.task.eval.primary_metric, float("nan")))
     record = RunRecord(cfg, run_dir, overrides if overrides is not None else hydra_support.task_overrides())
+    record.facts["config_fingerprint"] = fingerprint
     watch = record.watch
     # Under multi-GPU strategies every rank runs this function; each computes the same seeded init, but only
     # global rank 0 evaluates, exports and writes the result file.
@@ -50,8 +63,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
                 pl.seed_everything(cfg.seed, workers=True)
                 tokenizer = build_tokenizer(cfg.model)
                 datamodule = pipeline.build_datamodule(cfg, tokenizer)
-                model = build_model(cfg.model, cfg.seed, tokenizer)
-                probe = pipeline.forgetting_probe(cfg, tokenizer, device)
+                record.facts["data"] = pipeline.data_summary(datamodule)
+                model = build_model(cfg.model, cfg.seed, tokenizer, datamodule.family.model_head(cfg.task))
+                probe = pipeline.forgetting_probe(cfg, tokenizer, device, datamodule.family)
             if probe is not None:
                 with watch("forgetting"):
                     probe.before(model.to(device))
@@ -64,7 +78,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
 
             loggers, callbacks = pipeline.build_telemetry(cfg, run_dir, init_report, watch.seconds["init"])
             trainer = pipeline.build_trainer(cfg, device, loggers, callbacks, run_dir)
-            module = pipeline.build_module(cfg, model, device)
+            module = pipeline.build_module(cfg, model, device, datamodule.family.head)
             main_process = trainer.is_global_zero
             with watch("train"):
                 pipeline.fit(module, datamodule, trainer, ckpt_path=record.resume_from)

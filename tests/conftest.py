@@ -33,6 +33,8 @@ def compose_config(tmp_path: Path, overrides: list[str] = ()):
     """The run config as run.py would see it, with every path inside ``tmp_path``."""
     from hydra import compose, initialize_config_dir
 
+    import astra.hydra_support  # noqa: F401 - registers ${astra_uid:} and ${astra_or:}, as run.py does
+
     paths = [
         f"paths.output_dir={tmp_path / 'run'}",
         f"paths.log_dir={tmp_path / 'logs'}",

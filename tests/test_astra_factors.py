@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 
 from astra.calibration import FactoredMoment
@@ -275,8 +274,10 @@ def test_shared_and_unshared_calibration_give_the_same_init():
         assert largest_principal_angle(factors["auto"][name], b_unshared) < 1e-4, name  # float32 factors
 
 
-def test_method_yaml_instantiates_init_with_known_options():
-    cfg = OmegaConf.load(CONF)
+def test_method_yaml_instantiates_init_with_known_options(tmp_path):
+    from conftest import compose_config
+
+    cfg = compose_config(tmp_path, ["method=astra"]).method  # composed: n_samples interpolates calibration_samples
     assert cfg.name == "astra" and cfg.calibration.n_samples == 64 and cfg.peft.use_rslora is False
     init = instantiate(cfg.init)
     assert init.func is init_astra

@@ -106,3 +106,23 @@ def test_train_loader_batches(compose_cfg, tokenizer):
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert batch["input_ids"].dtype == torch.long
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+
+
+def test_row_ids_select_a_published_split_of_one_file(compose_cfg, tokenizer, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    rows = [{"question": f"What is {i} plus 1?", "answer": f"{i}+1={i + 1}\n#### {i + 1}"} for i in range(10)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    ids = tmp_path / "split.json"
+    ids.write_text(json.dumps({"train": [0, 2, 4, 6, 8], "validation": [1, 3], "test": [9, 5]}))
+    files = ["task.source=files", f"task.data.train={path}", f"task.data.test={path}", f"+task.row_ids.file={ids}"]
+    datamodule = _datamodule(compose_cfg, tokenizer, [*files, "+task.row_ids.train=train", "+task.row_ids.test=test"])
+    datamodule.setup()
+    assert [row["question"] for row in datamodule.train_rows] == [rows[i]["question"] for i in (0, 2, 4, 6, 8)]
+    assert [example.reference for example in datamodule.test_examples] == ["10", "6"]  # in the listed order
+    bad = _datamodule(compose_cfg, tokenizer, [*files, "+task.row_ids.train=nope"])
+    with pytest.raises(ValueError, match=r"task.row_ids.train='nope' is not a key of .*split.json; its keys: \['test', 'train', 'validation'\]"):
+        bad.setup()
+    ids.write_text(json.dumps({"train": [0, 10]}))
+    out_of_range = _datamodule(compose_cfg, tokenizer, [*files, "+task.row_ids.train=train"])
+    with pytest.raises(ValueError, match=r"ids \[10\] are not row positions of file .*rows.jsonl \(0..9\)"):
+        out_of_range.setup()

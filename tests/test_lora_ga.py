@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 
 from astra.calibration import collect_weight_gradients
@@ -201,8 +200,10 @@ def test_layers_per_pass_and_offload_give_the_same_gradients():
         torch.testing.assert_close(grouped.stats[name], one.stats[name], rtol=1e-6, atol=1e-9)
 
 
-def test_method_yaml_instantiates_init_with_known_options():
-    cfg = OmegaConf.load(CONF)
+def test_method_yaml_instantiates_init_with_known_options(tmp_path):
+    from conftest import compose_config
+
+    cfg = compose_config(tmp_path, ["method=lora_ga"]).method  # composed: n_samples interpolates calibration_samples
     assert cfg.name == "lora_ga" and cfg.peft.use_rslora is True
     assert cfg.calibration.n_samples % cfg.calibration.batch_size == 0
     init = instantiate(cfg.init)

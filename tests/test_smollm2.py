@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import compose_config
 
-from astra import models, pipeline
+from astra import model_sources, models, pipeline
 from astra.methods.base import lora_layers
 
 MODEL = ["model=smollm2_135m"]
@@ -63,7 +63,7 @@ def test_loads_as_llama_with_135m_parameters(smol):
 
 
 def test_second_load_uses_cached_copy_and_is_fast(smol, monkeypatch):
-    monkeypatch.setattr(models, "convert_gguf", lambda *a: pytest.fail("converted again instead of using the cache"))
+    monkeypatch.setattr(model_sources, "convert_gguf", lambda *a: pytest.fail("converted again instead of using the cache"))
     start = time.perf_counter()
     tokenizer = models.build_tokenizer(smol["cfg"].model)
     model = models.build_model(smol["cfg"].model, 0, tokenizer)

@@ -15,7 +15,7 @@ from astra.tasks.base import REFERENCE_CALIBRATION_PROMPT, get_family
 from astra.tasks.math import math_example, metamath_example
 
 TASKS = sorted(path.stem for path in (CONF_DIR / "task").glob("*.yaml"))
-QUICK = ["logger=none", "callbacks=none", "trainer=debug", "trainer.eval_limit=3", "task.eval.max_new_tokens=8"]
+QUICK = ["logger=none", "callbacks=none", "trainer=debug", "trainer.eval_limit=3"]
 
 
 PROTOCOLS = [(task, None) for task in TASKS] + [("piqa", "generation"), ("hellaswag", "generation")]
@@ -24,16 +24,21 @@ PROTOCOLS = [(task, None) for task in TASKS] + [("piqa", "generation"), ("hellas
 @pytest.mark.parametrize("task,protocol", PROTOCOLS, ids=[f"{t}-{p}" if p else t for t, p in PROTOCOLS])
 def test_every_task_runs_end_to_end(tmp_path, monkeypatch, task, protocol):
     extra = [f"task.eval.protocol={protocol}"] if protocol else []
-    if OmegaConf.load(CONF_DIR / "task" / f"{task}.yaml").family == "code":  # generated code runs only on opt-in
+    task_yaml = OmegaConf.load(CONF_DIR / "task" / f"{task}.yaml")
+    if task_yaml.family == "code":  # generated code runs only on opt-in
         extra.append("task.eval.allow_code_execution=true")
         monkeypatch.setenv("ASTRA_ALLOW_CODE_EXECUTION", "1")
+    # GLUE classifies on an encoder; every other family generates or scores text with a causal LM.
+    extra += ["model=tiny_bert"] if task_yaml.family == "glue" else ["task.eval.max_new_tokens=8"]
     cfg = compose_config(tmp_path, [f"task={task}", "method=lora", *QUICK, *extra])
     metric = run.train(cfg, overrides=[f"task={task}"])
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "ok" and result["task"] == task
-    assert 0.0 <= metric <= 1.0 and result["metrics"]["n_eval"] == 3
-    records = (tmp_path / "run" / "eval" / f"{task}.jsonl").read_text().splitlines()
-    assert len(records) == 3 and all("correct" in json.loads(line) for line in records)
+    splits = len(task_yaml.data) - 1 if task_yaml.family == "glue" else 1  # MNLI: matched and mismatched dev
+    assert -1.0 <= metric <= 1.0 and result["metrics"]["n_eval"] == 3 * splits  # MCC, Pearson: in [-1, 1]
+    records = [json.loads(line) for line in (tmp_path / "run" / "eval" / f"{task}.jsonl").read_text().splitlines()]
+    assert len(records) == 3 * splits
+    assert all(("correct" in record) != (task == "stsb") for record in records)  # STS-B is a regression
 
 
 def _datamodule(tmp_path, task):

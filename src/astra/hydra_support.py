@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 # multirun, which copy the resolver cache as they do for ${now:}) sees the same value.
 if not OmegaConf.has_resolver("astra_uid"):
     OmegaConf.register_new_resolver("astra_uid", lambda: uuid.uuid4().hex[:8], use_cache=True)
+# ${astra_or:${calibration_samples},64}: the run-wide setting when it is set, else the method's own default (an
+# experiment sweeping methods sets calibration_samples once, without giving calibration to methods that have none).
+if not OmegaConf.has_resolver("astra_or"):
+    OmegaConf.register_new_resolver("astra_or", lambda value, default: default if value is None else value)
 
 
 def job_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -29,10 +33,12 @@ def job_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
     for job_dir in sorted(p for p in Path(sweep_dir).iterdir() if (p / ".hydra").is_dir()):
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-        result_file = job_dir / "result.json"
+        result_file, skipped_file = job_dir / "result.json", job_dir / "skipped.json"
         if result_file.is_file():
             result = json.loads(result_file.read_text(encoding="utf-8"))
             status, error = result.get("status"), result.get("error")
+        elif skipped_file.is_file():  # an ok result for the same config existed (astra.skip_existing)
+            status, error = "skipped", None
         else:
             status, error = "missing", "no result.json: the job died before it could write one"
         outcomes.append({"dir": str(job_dir), "overrides": overrides, "status": status, "error": error})
@@ -40,7 +46,7 @@ def job_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def describe_failures(outcomes: list[dict[str, Any]]) -> str | None:
-    failed = [outcome for outcome in outcomes if outcome["status"] != "ok"]
+    failed = [outcome for outcome in outcomes if outcome["status"] not in ("ok", "skipped")]
     if not failed:
         return None
     lines = [f"{len(failed)} of {len(outcomes)} jobs did not finish ok:"]

@@ -19,9 +19,13 @@ from astra.checkpointing import PeriodicCheckpoint, checkpoint_path
 from astra.data.datamodule import TaskDataModule
 from astra.methods.base import InitContext, lora_layers
 from astra.tasks.base import EvalSettings
-from astra.training import CausalLMModule
+from astra.training import CausalLMModule, SequenceClassificationModule
 
 log = logging.getLogger(__name__)
+
+# Per task-family head (TaskFamily.head): the PEFT task type and the Lightning module.
+PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS"}
+MODULES = {"causal_lm": CausalLMModule, "sequence_classification": SequenceClassificationModule}
 
 
 def process_ranks() -> tuple[int, int]:
@@ -69,11 +73,22 @@ def build_datamodule(cfg: DictConfig, tokenizer) -> TaskDataModule:
     return datamodule
 
 
+def data_summary(datamodule: TaskDataModule) -> dict[str, int]:
+    """Row counts for the result file: what was trained, held out, left out and scored."""
+    return {
+        "train_rows": len(datamodule.train_set),
+        "val_rows": len(datamodule.val_set) if datamodule.val_set else 0,
+        "rows_without_target": datamodule.rows_without_target,
+        "test_rows": len(datamodule.test_examples),
+    }
+
+
 def check_rank_fits(model: torch.nn.Module, target_modules: list[str], rank: int) -> None:
     """A rank above min(d_in, d_out) of any target layer is an error, not a silent clamp."""
     matched = 0
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in set(target_modules):
+        # PEFT's rule for a list: the module's name is the entry or ends with "." + entry ("output.dense").
+        if isinstance(module, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in target_modules):
             matched += 1
             limit = min(module.in_features, module.out_features)
             if rank > limit:
@@ -93,7 +108,8 @@ def calibration_identity(cfg: DictConfig, loader) -> dict[str, Any]:
         cfg.seed,
         loader,
         cfg.model.target_modules,
-        extra={"model": cfg.model.name, "task": cfg.task.name, "task_source": cfg.task.source},
+        extra={"model": cfg.model.name, "task": cfg.task.name, "task_source": cfg.task.source,
+               "calibration_source": cfg.get("calibration_source", "task")},
     )
 
 
@@ -109,12 +125,13 @@ def apply_method(cfg: DictConfig, model: torch.nn.Module, datamodule: TaskDataMo
         peft_kwargs = OmegaConf.to_container(method.peft, resolve=True)
         check_rank_fits(model, peft_kwargs["target_modules"], peft_kwargs["r"])
         torch.manual_seed(cfg.seed)  # Kaiming init of A and PiSSA's randomized SVD are seeded
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **peft_kwargs))
+        task_type = PEFT_TASK_TYPES[datamodule.family.head]  # SEQ_CLS: the new classifier head trains in full
+        model = get_peft_model(model, LoraConfig(task_type=task_type, **peft_kwargs))
     loader, extra = None, {}
     if method.get("calibration"):
-        loader = datamodule.calibration_dataloader(
-            method.calibration.n_samples, method.calibration.batch_size, method.calibration.get("text", "train")
-        )
+        from astra.calibration_source import calibration_loader
+
+        loader = calibration_loader(cfg, datamodule)  # calibration_source: this task's rows, another task's, text
         extra["n_samples"] = method.calibration.n_samples
     context = InitContext(
         seed=cfg.seed,
@@ -140,6 +157,11 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
 def build_trainer(cfg: DictConfig, device: torch.device, loggers: list, callbacks: list, run_dir: Path) -> pl.Trainer:
     kwargs = OmegaConf.to_container(cfg.trainer.lightning, resolve=True)
     kwargs["precision"] = choose_precision(cfg.trainer, device)
+    from astra.strategies import check_strategy_available
+
+    check_strategy_available(kwargs.get("strategy"))
+    if isinstance(kwargs.get("strategy"), dict):  # a strategy object (trainer=fsdp): built from its _target_
+        kwargs["strategy"] = hydra.utils.instantiate(kwargs["strategy"])
     if not cfg.trainer.val_size:
         kwargs["limit_val_batches"] = 0  # no validation split: skip the loop instead of warning about it
     if kwargs.get("accelerator", "auto") == "auto":
@@ -155,9 +177,13 @@ def build_trainer(cfg: DictConfig, device: torch.device, loggers: list, callback
     )
 
 
-def forgetting_probe(cfg: DictConfig, tokenizer, device: torch.device):
-    """The generic-text loss probe (``cfg.forgetting``), or None when disabled."""
+def forgetting_probe(cfg: DictConfig, tokenizer, device: torch.device, family=None):
+    """The generic-text loss probe (``cfg.forgetting``), or None when disabled or when the task's model is not a
+    language model (a classifier has no generic-text loss)."""
     if not cfg.get("forgetting") or not cfg.forgetting.enabled:
+        return None
+    if family is not None and family.head != "causal_lm":
+        log.info("forgetting is measured for causal-LM tasks only; task %s trains a %s head", cfg.task.name, family.head)
         return None
     from astra.forgetting import ForgettingProbe
 
@@ -180,9 +206,10 @@ def finite_check_interval(cfg: DictConfig, device: torch.device) -> int:
     return int(every)
 
 
-def build_module(cfg: DictConfig, model, device: torch.device) -> CausalLMModule:
+def build_module(cfg: DictConfig, model, device: torch.device, head: str = "causal_lm") -> CausalLMModule:
+    """The Lightning module for the task family's head (``TaskFamily.head``)."""
     every = finite_check_interval(cfg, device) * int(cfg.trainer.lightning.get("accumulate_grad_batches", 1))
-    return CausalLMModule(model, cfg.optim, check_finite_every_n_steps=every)
+    return MODULES[head](model, cfg.optim, check_finite_every_n_steps=every)
 
 
 def fit(module: CausalLMModule, datamodule: TaskDataModule, trainer: pl.Trainer, ckpt_path: Path | None = None) -> None:

@@ -180,6 +180,11 @@ def _replace_atomic(payload: str, target: Path) -> Path:
     return target
 
 
+def experiment_dir(results_root: str | Path, experiment: str) -> Path:
+    """Where the result copies of ``experiment`` go: ``<results_root>/<experiment, as a file-name slug>``."""
+    return Path(results_root) / _slug(experiment)
+
+
 def write_result(result: dict[str, Any], run_dir: Path, results_root: Path) -> list[Path]:
     """Write ``result`` to ``<run_dir>/result.json`` and ``<results_root>/<experiment>/<run-name>.json``.
 
@@ -189,7 +194,7 @@ def write_result(result: dict[str, Any], run_dir: Path, results_root: Path) -> l
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     stem = _slug(f"{result['method']}-{result['task']}-{result['model']}-seed{result['seed']}-{stamp}")
     paths = [_write_atomic_exclusive(payload, Path(run_dir), "result")]
-    paths.append(_write_atomic_exclusive(payload, Path(results_root) / _slug(result["experiment"]), stem))
+    paths.append(_write_atomic_exclusive(payload, experiment_dir(results_root, result["experiment"]), stem))
     _replace_atomic(f"{paths[1].resolve()}\n", Path(run_dir) / RESULT_COPY_FILE)
     return paths
 

@@ -173,3 +173,18 @@ class CausalLMModule(pl.LightningModule):
         if self._rng_to_restore is not None:  # here, after everything that set up training drew random numbers
             set_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
+
+
+class SequenceClassificationModule(CausalLMModule):
+    """Classification / regression on a sequence-classification model (GLUE): the model's own loss (cross-entropy,
+    or mean squared error when ``problem_type`` is regression); validation also logs accuracy (classification),
+    the figure learning-rate selection reads."""
+
+    def validation_step(self, batch: dict, batch_index: int) -> torch.Tensor:
+        output = self.model(**batch)
+        size = batch["input_ids"].shape[0]
+        self.log("val/loss", output.loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
+        if output.logits.shape[-1] > 1:
+            accuracy = (output.logits.argmax(-1) == batch["labels"]).float().mean()
+            self.log("val/accuracy", accuracy, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        return output.loss

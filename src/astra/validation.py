@@ -80,7 +80,10 @@ def validate_run_config(cfg: DictConfig) -> None:
     positive_int(cfg, "task.max_length")
     positive_int(cfg, "task.train_limit", optional=True)
     positive_int(cfg, "task.eval.batch_size")
-    positive_int(cfg, "task.eval.max_new_tokens")
+    if "max_new_tokens" in cfg.task.eval:  # generation tasks only (GLUE classifies)
+        positive_int(cfg, "task.eval.max_new_tokens")
+    if _value(cfg, "task.validation_size") is not None:
+        number_in(cfg, "task.validation_size", 0.0, math.inf)
     if _value(cfg, "method.calibration") is not None:
         positive_int(cfg, "method.calibration.n_samples")
         positive_int(cfg, "method.calibration.batch_size")
@@ -90,6 +93,12 @@ def validate_run_config(cfg: DictConfig) -> None:
     if _value(cfg, "forgetting.enabled"):
         for key in ("forgetting.max_length", "forgetting.max_windows", "forgetting.batch_size"):
             positive_int(cfg, key)
+    from astra.strategies import check_strategy_available
+
+    try:  # an optional strategy's package (DeepSpeed) is checked before the model loads
+        check_strategy_available(_value(cfg, "trainer.lightning.strategy"))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     writable_directory("paths.results_dir", _value(cfg, "paths.results_dir"))
     writable_directory("paths.output_dir", _value(cfg, "paths.output_dir"))
     cache_dir = _value(cfg, "paths.cache_dir")

@@ -113,7 +113,7 @@ def collect_weight_gradients(
                         handles.append(
                             weight.register_post_accumulate_grad_hook(_fold_into(totals[name], counts, name))
                         )
-                    keys = ("input_ids", "attention_mask", "labels")
+                    keys = ("input_ids", "attention_mask", "token_type_ids", "labels")
                     batches = iter_batches(calibration_loader, n_samples, device, keys, method)
                     desc = f"{method} gradients" + (f" pass {index + 1}/{len(groups)}" if len(groups) > 1 else "")
                     total = expected_batches(calibration_loader, n_samples)

@@ -529,12 +529,13 @@ def _run_pass(model, loader, layers, group, options, n_samples, progress, desc, 
     try:
         for name in group:
             handles.append(layers[name].register_forward_hook(_make_hook(name, state), with_kwargs=True))
-        batches = iter_batches(loader, n_samples, device, ("input_ids", "attention_mask"), method)
+        # token_type_ids: BERT-style pairs (GLUE) must be calibrated on the segments they train with.
+        batches = iter_batches(loader, n_samples, device, ("input_ids", "attention_mask", "token_type_ids"), method)
         for batch in tqdm(
             batches, total=expected_batches(loader, n_samples), desc=desc, disable=not progress, leave=False
         ):
             state.begin(batch)
-            model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), **extras)
+            model(**batch, **extras)
             state.fold()
             state.end()
             n_batches += 1

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import random
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from astra.data.resumable import ResumableRandomSampler
-from astra.data.sources import load_split
+from astra.data.sources import SplitRows, load_split
 from astra.tasks.base import Example, get_family
+from astra.tasks.batches import IGNORE_INDEX, collate, tokenize_example  # noqa: F401 - re-exported
 
-IGNORE_INDEX = -100
+log = logging.getLogger(__name__)
+
 EMPTY_SPLIT_CONSEQUENCE = {
     "train": "training needs at least one row",
     "test": "evaluation would report a score from 0 examples",
@@ -34,31 +39,29 @@ class TokenizedExamples(Dataset):
         return self.features[index]
 
 
-def tokenize_example(example: Example, tokenizer, max_length: int) -> dict:
-    """BOS + prompt + answer + EOS, truncated to ``max_length``; labels are -100 on the prompt."""
-    prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    prompt_ids = bos + prompt_ids
-    input_ids = (prompt_ids + answer_ids + [tokenizer.eos_token_id])[:max_length]
-    labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids + [tokenizer.eos_token_id])[:max_length]
-    return {"input_ids": input_ids, "labels": labels}
+def select_rows(loaded: SplitRows, row_ids: Any, split: str) -> SplitRows:
+    """``task.row_ids``: ``{file: <json>, <split>: <key>}`` keeps, for each split it names, the rows of the loaded file
+    at the 0-based positions listed under ``<key>`` in the JSON file, in that order. So a published split of one
+    file (train / validation / test ids of QNLI's dev set) ships as ids, not text."""
+    if not row_ids or not row_ids.get(split):
+        return loaded
+    path, key = Path(os.path.expanduser(str(row_ids.get("file") or ""))), row_ids[split]
+    if not path.is_file():
+        raise FileNotFoundError(f"task.row_ids.file={str(path)!r} does not exist (a JSON object of id lists)")
+    lists = json.loads(path.read_text(encoding="utf-8"))
+    if key not in lists:
+        raise ValueError(f"task.row_ids.{split}={key!r} is not a key of {path}; its keys: {sorted(lists)}")
+    ids = lists[key]
+    bad = [i for i in ids if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(loaded.rows)]
+    if bad:
+        raise ValueError(f"{path} [{key!r}]: ids {bad[:5]} are not row positions of {loaded.origin} (0..{len(loaded.rows) - 1})")
+    return SplitRows([loaded.rows[i] for i in ids], [loaded.locations[i] for i in ids], f"{loaded.origin} rows {path}[{key!r}]")
 
 
-def collate(features: list[dict], pad_token_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest row (or to ``pad_to``); padding is masked and never a label."""
-    length = pad_to or max(len(feature["input_ids"]) for feature in features)
-    batch = {
-        "input_ids": torch.full((len(features), length), pad_token_id, dtype=torch.long),
-        "attention_mask": torch.zeros((len(features), length), dtype=torch.long),
-        "labels": torch.full((len(features), length), IGNORE_INDEX, dtype=torch.long),
-    }
-    for row, feature in enumerate(features):
-        n = len(feature["input_ids"])
-        batch["input_ids"][row, :n] = torch.tensor(feature["input_ids"])
-        batch["attention_mask"][row, :n] = 1
-        batch["labels"][row, :n] = torch.tensor(feature["labels"])
-    return batch
+def has_target(feature: dict) -> bool:
+    """Whether a tokenised training row has something to learn: a label token (causal LM) or a label (GLUE)."""
+    labels = feature["labels"]
+    return any(label != IGNORE_INDEX for label in labels) if isinstance(labels, list) else True
 
 
 def _reason(error: Exception) -> str:
@@ -78,6 +81,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.max_length = int(task_cfg.max_length)
         self.family = get_family(task_cfg.family)
         self.train_rows: list[dict] = []  # raw rows, for calibration text other than the training text
+        self.rows_without_target = 0  # training rows left out: their answer lies beyond max_length
         self.train_set: TokenizedExamples | None = None
         self.val_set: TokenizedExamples | None = None
         self.test_examples: list[Example] = []
@@ -85,17 +89,18 @@ class TaskDataModule(pl.LightningDataModule):
 
     def _load_examples(self, split: str) -> list[Example]:
         """The split's rows, formatted by the task's family; an error names the file and line of the row at fault."""
-        loaded = load_split(self.task_cfg, split, reader=self.family.read_file)
+        loaded = load_split(self.task_cfg, split, reader=lambda path: self.family.read_file(path, self.task_cfg))
+        loaded = select_rows(loaded, self.task_cfg.get("row_ids"), split)
         limit = self.task_cfg.get("train_limit") if split == "train" else None
         if limit:  # the first N training rows, as the reference code takes the first 100k of each training set
             loaded = type(loaded)(loaded.rows[:limit], loaded.locations[:limit], loaded.origin)
         if split == "train":
             self.train_rows = loaded.rows
         if not loaded.rows:
-            consequence = EMPTY_SPLIT_CONSEQUENCE[split]
+            consequence = EMPTY_SPLIT_CONSEQUENCE.get(split, EMPTY_SPLIT_CONSEQUENCE["test"])
             raise ValueError(
                 f"task {self.task_cfg.name}: the {split} split ({loaded.origin}) has no rows; {consequence}. "
-                f"Expected at least one JSON object with the fields the {self.task_cfg.format!r} row format reads"
+                f"Expected at least one row with the fields the {self.task_cfg.format!r} row format reads"
             )
         examples = []
         for row, location in zip(loaded.rows, loaded.locations, strict=True):
@@ -104,6 +109,16 @@ class TaskDataModule(pl.LightningDataModule):
             except (KeyError, ValueError, TypeError, AttributeError) as error:  # e.g. a number where text belongs
                 raise ValueError(f"task {self.task_cfg.name}, {split} {location}: {_reason(error)}") from None
         return examples
+
+    def _resolve_val_size(self, n_rows: int) -> int:
+        """``task.validation_size`` when the task names one (a fraction of the training rows below 1, else a row
+        count; GLUE carves its learning-rate-selection split this way), else ``trainer.val_size``."""
+        size = self.task_cfg.get("validation_size")
+        if size is None:
+            return self.val_size
+        if isinstance(size, bool) or not isinstance(size, (int, float)) or size < 0:
+            raise ValueError(f"task.validation_size={size!r} is not valid: expected a fraction in [0, 1) or a row count")
+        return int(size) if size >= 1 else int(round(size * n_rows))
 
     def _check_val_size(self, n_rows: int) -> None:
         if not 0 <= self.val_size < n_rows:
@@ -116,14 +131,29 @@ class TaskDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         train_examples = self._load_examples("train")
-        self._check_val_size(len(train_examples))
-        features = [tokenize_example(example, self.tokenizer, self.max_length) for example in train_examples]
-        order = list(range(len(features)))
+        features = [self.family.tokenize(example, self.tokenizer, self.max_length) for example in train_examples]
+        # A row whose answer lies entirely beyond task.max_length has no token to learn from; a batch of only such
+        # rows would make the loss 0/0 = NaN. Such rows are left out, counted and reported (result: data).
+        kept = [i for i, feature in enumerate(features) if has_target(feature)]
+        self.rows_without_target = len(features) - len(kept)
+        if not kept:
+            raise ValueError(
+                f"task {self.task_cfg.name}: every one of the {len(features)} training rows has its answer cut off by "
+                f"task.max_length={self.max_length} (the prompt alone fills it); raise task.max_length"
+            )
+        if self.rows_without_target:
+            log.warning("task %s: %d of %d training rows have no answer token within task.max_length=%d; left out",
+                        self.task_cfg.name, self.rows_without_target, len(features), self.max_length)  # fmt: skip
+        self.val_size = self._resolve_val_size(len(kept))
+        self._check_val_size(len(kept))
+        order = list(kept)
         random.Random(self.seed).shuffle(order)
         val_ids, train_ids = sorted(order[: self.val_size]), sorted(order[self.val_size :])
         self.train_set = TokenizedExamples([features[i] for i in train_ids], train_ids)
         self.val_set = TokenizedExamples([features[i] for i in val_ids], val_ids) if val_ids else None
-        self.test_examples = self._load_examples("test")
+        # Evaluation splits in order (GLUE's MNLI: matched then mismatched dev); each example knows its split.
+        self.test_examples = [example for split in self.family.eval_splits(self.task_cfg)
+                              for example in self._load_examples(split)]  # fmt: skip
 
     def _loader(self, dataset: Dataset, batch_size: int, pad_to: int | None = None, sampler=None) -> DataLoader:
         """In order, or in ``sampler``'s order (training)."""
@@ -132,7 +162,7 @@ class TaskDataModule(pl.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_token_id=self.tokenizer.pad_token_id, pad_to=pad_to),
+            collate_fn=partial(self.family.collate, pad_token_id=self.tokenizer.pad_token_id, pad_to=pad_to),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -183,6 +213,6 @@ class TaskDataModule(pl.LightningDataModule):
             features = [self.train_set.features[i] for i in picks]
         else:
             examples = [self.family.calibration_example(self.train_rows[i], self.task_cfg, text) for i in ids]
-            features = [tokenize_example(example, self.tokenizer, self.max_length) for example in examples]
+            features = [self.family.tokenize(example, self.tokenizer, self.max_length) for example in examples]
         subset = TokenizedExamples(features, ids)
         return self._loader(subset, batch_size, pad_to=self.max_length)

@@ -31,7 +31,7 @@ REFERENCE_CALIBRATION_PROMPT = "{instruction}\n### Response:"  # the Astra refer
 CALIBRATION_TEXTS = ("train", "reference")
 
 FAMILIES = {"math": "astra.tasks.math:MathFamily", "commonsense": "astra.tasks.commonsense:CommonsenseFamily",
-            "code": "astra.tasks.code:CodeFamily"}
+            "code": "astra.tasks.code:CodeFamily", "glue": "astra.tasks.glue:GlueFamily"}
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,32 @@ class EvalSettings:
 
 
 class TaskFamily:
-    """Base class; a family overrides the row formats and ``evaluate``."""
+    """Base class; a family overrides the row formats and ``evaluate``.
+
+    The model side is declared, not branched on: ``head`` names the model head the family trains (the pipeline
+    maps it to a transformers class, a PEFT task type and a Lightning module), ``tokenize`` / ``collate`` turn
+    examples into batches for that head, ``eval_splits`` names the splits evaluation scores."""
 
     name = "base"
+    head = "causal_lm"  # or "sequence_classification"
+
+    def model_head(self, task_cfg: Any) -> dict[str, Any]:
+        """What the model needs to know about the task's head: ``{"kind", ...}`` (``num_labels``, ``problem_type``)."""
+        return {"kind": self.head}
+
+    def eval_splits(self, task_cfg: Any) -> list[str]:
+        """The splits evaluation scores (MNLI: matched and mismatched dev)."""
+        return ["test"]
+
+    def tokenize(self, example: Example, tokenizer: Any, max_length: int) -> dict:
+        from astra.tasks.batches import tokenize_example
+
+        return tokenize_example(example, tokenizer, max_length)
+
+    def collate(self, features: list[dict], pad_token_id: int, pad_to: int | None = None) -> dict:
+        from astra.tasks.batches import collate
+
+        return collate(features, pad_token_id, pad_to)
 
     def check_ready(self, task_cfg: Any) -> None:
         """Called before anything is loaded: refuse early what evaluation would refuse after hours of training."""
@@ -60,7 +83,7 @@ class TaskFamily:
 
         check_backend(task_cfg)
 
-    def read_file(self, path: Path) -> tuple[list[dict], list[str]] | None:
+    def read_file(self, path: Path, task_cfg: Any = None) -> tuple[list[dict], list[str]] | None:
         """Rows and their locations from a file that is not JSON / JSON Lines; None: not a format of this family."""
         return None
 

@@ -201,7 +201,7 @@ class CodeFamily(TaskFamily):
         super().check_ready(task_cfg)
         check_opt_in(execution_policy(task_cfg))  # a run without both switches fails before training, not after
 
-    def read_file(self, path: Path):
+    def read_file(self, path: Path, task_cfg: Any = None):
         return read_jsonl_gz(path) if path.suffix == ".gz" else None
 
     def row_formats(self):

@@ -49,7 +49,7 @@ def first_answer_word(benchmark: str, generation: str) -> str | None:
 class CommonsenseFamily(TaskFamily):
     name = "commonsense"
 
-    def read_file(self, path: Path):
+    def read_file(self, path: Path, task_cfg: Any = None):
         if path.suffix in (".txt", ".bz2"):
             items = read_hellaswag(path)
             return items, [f"file {path} item {k + 1} (line {6 * k + 1})" for k in range(len(items))]

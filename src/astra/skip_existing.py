@@ -1,0 +1,73 @@
+"""Skip a grid cell that already has an ``ok`` result for the same resolved config, so an interrupted or partly
+failed multirun resumes where it stopped when it is launched again.
+
+The identity of a cell is a hash of its resolved config (the ``config`` every result file records) without the
+keys that say where and how a run is logged rather than what it computes: ``paths`` (run and result
+directories), ``logger``, ``resume`` and ``skip_existing`` itself. Results written before the hash existed are
+matched by hashing their recorded config. Failed or interrupted cells have no ``ok`` result, so they run again.
+
+``skip_existing``: ``auto`` (default: skip in a multirun, never in a single run, where running the same command
+twice usually means "again"), ``true`` or ``false`` (force every cell to run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+NOT_PART_OF_THE_CELL = ("paths", "logger", "resume", "skip_existing")
+CHOICES = ("auto", True, False)
+SKIPPED_FILE = "skipped.json"  # in the job directory of a skipped cell: which result stands for it
+
+
+def config_fingerprint(config: dict[str, Any]) -> str:
+    """sha256 (16 hex digits) of a resolved config (a plain dict) without the keys of ``NOT_PART_OF_THE_CELL``."""
+    cell = {key: value for key, value in config.items() if key not in NOT_PART_OF_THE_CELL}
+    text = json.dumps(cell, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fingerprint_of(cfg: DictConfig) -> str:
+    return config_fingerprint(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+
+
+def should_skip(cfg: DictConfig, in_multirun: bool) -> bool:
+    choice = cfg.get("skip_existing", "auto")
+    if choice not in CHOICES:
+        raise ValueError(f"skip_existing={choice!r} is not valid; expected one of {list(CHOICES)}")
+    if cfg.get("resume"):
+        return False  # resume= continues its own run
+    return in_multirun if choice == "auto" else bool(choice)
+
+
+def find_ok_result(results_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The newest ``ok`` result in ``results_dir`` (an experiment's folder) whose config has ``fingerprint``,
+    with its ``path``."""
+    newest = None
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # not a result file (or one being written): never a reason to skip
+        if not isinstance(result, dict) or result.get("status") != "ok" or not isinstance(result.get("config"), dict):
+            continue
+        found = result.get("config_fingerprint") or config_fingerprint(result["config"])
+        if found == fingerprint and (newest is None or str(result.get("created")) > str(newest.get("created"))):
+            newest = {**result, "path": str(path)}
+    return newest
+
+
+def record_skip(job_dir: Path, existing: dict[str, Any]) -> Path:
+    """Leave a note in the job directory, so the multirun report counts the cell as done."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    note = {"status": "skipped", "existing_result": existing["path"], "metrics": existing.get("metrics", {})}
+    path = job_dir / SKIPPED_FILE
+    path.write_text(json.dumps(note, indent=2, allow_nan=True), encoding="utf-8")
+    return path
