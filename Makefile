@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: help install test test-slow test-gpu lint run tokenizer bench clean
+.PHONY: help install test test-slow test-gpu lint run tokenizer bench paper clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ bench:  ## run the benchmarks (tables printed, JSON under experiments/bench/resu
 	$(BIN)/python experiments/bench/telemetry_cost.py
 	$(BIN)/python experiments/bench/init_cost.py
 	$(BIN)/python experiments/bench/eval_cost.py
+
+paper:  ## tables and figures from experiments/results into experiments/paper (ARGS="--filter experiment=nlg_math")
+	$(BIN)/python -m astra.report $(ARGS)
 
 clean:  ## remove logs and caches (never experiments/results)
 	rm -rf logs .pytest_cache

@@ -115,6 +115,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             if trainer is not None:
                 record.facts["steps_done"] = int(trainer.global_step)
             record.facts["telemetry"] = pipeline.telemetry_summary(callbacks)
+            record.facts["series"] = pipeline.telemetry_series(  # for the report's figures (never read from W&B)
+                callbacks, record.facts["train_loss"]["per_step"], cfg.trainer.lightning.accumulate_grad_batches
+            )
             pipeline.finish_telemetry(loggers, failed=record.status != "ok", summary=record.facts["telemetry"])
             if main_process:
                 try:

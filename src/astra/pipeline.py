@@ -288,6 +288,21 @@ def telemetry_summary(callbacks: list) -> dict[str, Any]:
     return collect_summary(callbacks)
 
 
+def telemetry_series(callbacks: list, losses: list[float], accumulate: int) -> dict[str, Any]:
+    """The per-step series the report's figures read: ``train/loss`` (the mean over each optimizer step's
+    micro-batches, step 1 first) and the callbacks' (gradient norm, learning rate, effective rank, ...), each at
+    most 1000 points."""
+    from astra.telemetry.summary import collect_series, downsample
+
+    series = collect_series(callbacks) if callbacks else {}
+    accumulate = max(1, int(accumulate))
+    steps = [(k // accumulate + 1, losses[k : k + accumulate]) for k in range(0, len(losses), accumulate)]
+    points = downsample([(step, sum(chunk) / len(chunk)) for step, chunk in steps])
+    if points:
+        series["train/loss"] = {"step": [p[0] for p in points], "value": [p[1] for p in points]}
+    return series
+
+
 def finish_telemetry(loggers: list, failed: bool, summary: dict | None = None) -> None:
     """Always called (also on error): W&B runs are finished so one failed job cannot break a multirun."""
     if loggers:

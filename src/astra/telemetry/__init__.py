@@ -9,7 +9,13 @@ from astra.telemetry.loss import LossMonitor, LRMonitor
 from astra.telemetry.naming import module_type, param_type_and_factor, short_layer_name, split_param_name
 from astra.telemetry.rank import EffectiveRankMonitor, adapter_spectra, moment_rank_metrics, rank_metrics
 from astra.telemetry.run_facts import RunFactsMonitor, count_tokens, parameter_counts, peak_memory_mb
-from astra.telemetry.summary import attach_run_info, collect_summary, default_callbacks, instantiate_callbacks
+from astra.telemetry.summary import (
+    attach_run_info,
+    collect_series,
+    collect_summary,
+    default_callbacks,
+    instantiate_callbacks,
+)
 
 __all__ = [
     "BufferedMetricsCallback",
@@ -20,6 +26,7 @@ __all__ = [
     "RunFactsMonitor",
     "adapter_spectra",
     "attach_run_info",
+    "collect_series",
     "collect_summary",
     "count_tokens",
     "default_callbacks",

@@ -24,6 +24,9 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
+# The per-step series a result file keeps for the report's figures (astra.telemetry.summary.collect_series).
+SERIES_KEYS = frozenset({"grad/norm", "train/lr", "rank/eff/mean", "rank/stable/mean", "val/loss"})
+
 Number = int | float | Tensor
 
 
@@ -39,6 +42,9 @@ class BufferedMetricsCallback(pl.Callback):
         # Each record: (step, [(names, value)]), value a float, a 0-d tensor (one name) or a 1-d tensor.
         self._pending: list[tuple[int, list[tuple[Sequence[str], Any]]]] = []
         self.latest: dict[str, float] = {}
+        # Per-step values of the figures' series (SERIES_KEYS), so the result file can carry them: figures must never
+        # depend on W&B.
+        self.series: dict[str, list[tuple[int, float]]] = {}
 
     # ------------------------------------------------------------------ recording
     def _record(self, trainer: pl.Trainer, step: int, metrics: Mapping[str, Number]) -> None:
@@ -85,6 +91,8 @@ class BufferedMetricsCallback(pl.Callback):
                 metrics.update(zip(names, values))
         for step in sorted(per_step):
             self.latest.update(per_step[step])
+            for name in SERIES_KEYS.intersection(per_step[step]):
+                self.series.setdefault(name, []).append((step, per_step[step][name]))
             self._send(trainer, per_step[step], step)
         for logger in getattr(trainer, "loggers", []) or []:
             logger.save()

@@ -55,6 +55,26 @@ def collect_summary(callbacks: Iterable[Any]) -> dict[str, Any]:
     return out
 
 
+def downsample(points: list[tuple[int, float]], max_points: int = 1000) -> list[tuple[int, float]]:
+    """At most ``max_points`` of ``points``, evenly spaced by position, the first and the last always kept."""
+    if len(points) <= max_points:
+        return list(points)
+    last = len(points) - 1
+    picks = sorted({round(k * last / (max_points - 1)) for k in range(max_points)})
+    return [points[i] for i in picks]
+
+
+def collect_series(callbacks: Iterable[Any], max_points: int = 1000) -> dict[str, dict[str, list]]:
+    """``{name: {"step": [...], "value": [...]}}`` of every callback's recorded series (``grad/norm``, ``train/lr``,
+    ``rank/eff/mean``, ...), each downsampled to at most ``max_points`` (first and last kept)."""
+    out: dict[str, dict[str, list]] = {}
+    for callback in callbacks:
+        for name, points in (getattr(callback, "series", None) or {}).items():
+            kept = downsample(sorted(points), max_points)
+            out[name] = {"step": [step for step, _ in kept], "value": [value for _, value in kept]}
+    return out
+
+
 def default_callbacks(**overrides: Mapping[str, Any]) -> list[pl.Callback]:
     """The callbacks of ``conf/callbacks/default.yaml`` with default arguments, without Hydra
     (``overrides``: per-callback keyword arguments, keyed ``lr``, ``loss``, ``grad_norm``,

@@ -1,0 +1,105 @@
+"""Figures from result files alone (matplotlib, Agg; PNG and PDF): training curves per task (loss, gradient norm,
+effective rank against step, one colour per row label, one thin line per seed) and ablation plots (the primary metric
+against a key that varies within a group: rank, calibration size, learning rate (log axis) as lines per method, the
+eigenvector arm or calibration source as bars)."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from astra.report.results import VARIANT_KEYS, lookup
+from astra.report.tables import primary_metric, row_label, score, varying_keys
+
+CURVES = {"train/loss": "training loss", "grad/norm": "gradient norm (pre-clip)", "rank/eff/mean": "effective rank (mean)"}
+LINE_KEYS = {"rank": "rank", "n_calib": "calibration samples", "lr": "learning rate"}
+BAR_KEYS = {"subspace": "eigenvector arm", "calib_source": "calibration source"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> list[Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix in (".png", ".pdf"):
+        figure.savefig(path.with_suffix(suffix), dpi=120, bbox_inches="tight")
+        written.append(path.with_suffix(suffix))
+    _pyplot().close(figure)
+    return written
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+
+
+def group_by(results: list[dict[str, Any]], *keys: str) -> dict[tuple, list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for result in results:
+        groups[tuple(lookup(result, key) for key in keys)].append(result)
+    return dict(groups)
+
+
+def plot_training_curves(results: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Per (experiment, model, task) and series: one line per seed, coloured by row label."""
+    plt, written = _pyplot(), []
+    for (experiment, model, task), group in sorted(group_by(results, "experiment", "model", "task").items(), key=str):
+        varying = varying_keys(group)
+        for series, label in CURVES.items():
+            runs = [r for r in group if (r.get("series") or {}).get(series, {}).get("step")]
+            if not runs:
+                continue
+            figure, axis = plt.subplots(figsize=(6, 4))
+            colours: dict[str, Any] = {}
+            for result in sorted(runs, key=lambda r: row_label(r, varying)):
+                name = row_label(result, varying)
+                points = result["series"][series]
+                line = axis.plot(points["step"], points["value"], linewidth=1, alpha=0.8, color=colours.get(name),
+                                 label=None if name in colours else name)  # fmt: skip
+                colours.setdefault(name, line[0].get_color())
+            axis.set_xlabel("optimizer step")
+            axis.set_ylabel(label)
+            axis.set_title(f"{task} ({model}, {experiment})")
+            axis.legend(fontsize=7)
+            written += _save(figure, Path(out_dir) / "figures" / _slug(f"{experiment}_{model}_{task}_{series.replace('/', '-')}"))
+    return written
+
+
+def plot_ablations(results: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """The primary metric against each key that varies within an (experiment, model, task) group."""
+    plt, written = _pyplot(), []
+    for (experiment, model, task), group in sorted(group_by(results, "experiment", "model", "task").items(), key=str):
+        scored = [r for r in group if score(r) is not None]
+        for key in varying_keys(scored):
+            if key not in LINE_KEYS and key not in BAR_KEYS:
+                continue
+            figure, axis = plt.subplots(figsize=(6, 4))
+            others = [k for k in varying_keys(scored) if k != key]
+            by_row = group_by(scored, "method", *[VARIANT_KEYS[k] for k in others])
+            for _, rows in sorted(by_row.items(), key=str):
+                values = defaultdict(list)
+                for result in rows:
+                    values[lookup(result, VARIANT_KEYS[key])].append(100 * score(result))
+                xs = sorted((x for x in values if x is not None), key=lambda x: (isinstance(x, str), x))
+                means = [statistics.fmean(values[x]) for x in xs]
+                name = row_label(rows[0], others)
+                if key in BAR_KEYS:
+                    axis.bar([str(x) for x in xs], means, alpha=0.7, label=name)
+                else:
+                    axis.plot(xs, means, marker="o", label=name)
+            if key == "lr":
+                axis.set_xscale("log")
+            axis.set_xlabel((LINE_KEYS | BAR_KEYS)[key])
+            axis.set_ylabel(f"{primary_metric(scored[0])} (×100, mean over seeds)")
+            axis.set_title(f"{task} ({model}, {experiment})")
+            axis.legend(fontsize=7)
+            written += _save(figure, Path(out_dir) / "figures" / _slug(f"{experiment}_{model}_{task}_ablation_{key}"))
+    return written

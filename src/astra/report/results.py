@@ -1,0 +1,96 @@
+"""Reading result files for the report: every ``*.json`` below a folder, selected by ``key=value`` filters on dotted
+keys, duplicates of one grid cell reduced to the newest.
+
+A result file is recognised by its ``status`` and ``config`` keys; any other JSON below the folder is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+# Where a row label's varying keys live in a result (rank ablation, learning-rate grid, eigenvector arm, ...).
+VARIANT_KEYS = {
+    "rank": "rank",
+    "lr": "learning_rate",
+    "subspace": "config.method.init.subspace",
+    "n_calib": "config.method.calibration.n_samples",
+    "calib_source": "config.calibration_source",
+    "center": "config.method.init.center",
+    "mask_padding": "config.method.init.mask_padding",
+}
+
+
+def lookup(result: dict[str, Any], dotted: str) -> Any:
+    """``result["a"]["b"]`` for ``"a.b"``; None when any part is missing."""
+    value: Any = result
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def parse_filters(items: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    filters = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--filter {item!r} is not valid: expected key=value, e.g. experiment=nlg_math or "
+                             "config.task.family=glue")  # fmt: skip
+        filters.append((key, value))
+    return filters
+
+
+def _as_text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+
+
+def matches(result: dict[str, Any], filters: list[tuple[str, str]]) -> bool:
+    return all(_as_text(lookup(result, key)) == value for key, value in filters)
+
+
+def load_results(results_dir: str | Path, filters: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every result below ``results_dir`` matching all ``filters`` (``"key=value"``), each with its ``_path``."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--results {root}: no such folder (result copies go to experiments/results/)")
+    parsed = parse_filters(filters)
+    found = []
+    for path in sorted(root.rglob("*.json")):
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(result, dict) and "status" in result and isinstance(result.get("config"), dict):
+            if matches(result, parsed):
+                found.append({**result, "_path": str(path)})
+    if not found:
+        selection = f" matching {list(filters)}" if filters else ""
+        raise ValueError(f"no result files{selection} below {root}: nothing to report")
+    return found
+
+
+def cell_identity(result: dict[str, Any]) -> str:
+    """Two results of one grid cell (the same resolved config, seed included) share this."""
+    if result.get("config_fingerprint"):
+        return str(result["config_fingerprint"])
+    config = {k: v for k, v in result["config"].items() if k not in ("paths", "logger", "resume", "skip_existing")}
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def newest_per_cell(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Of several ok results of one cell keep the newest (by ``created``); the notes say which were dropped."""
+    cells: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for result in results:
+        cells[cell_identity(result)].append(result)
+    kept, notes = [], []
+    for group in cells.values():
+        group.sort(key=lambda r: str(r.get("created")))
+        kept.append(group[-1])
+        for older in group[:-1]:
+            notes.append(f"{Path(older['_path']).name} duplicates {Path(group[-1]['_path']).name} (same config); "
+                         "the newer is used")  # fmt: skip
+    return kept, notes

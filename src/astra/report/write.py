@@ -1,0 +1,70 @@
+"""The whole report: tables per (experiment, model), a list of runs that did not finish ok, figures, an index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from astra.report.figures import _slug, group_by, plot_ablations, plot_training_curves
+from astra.report.results import load_results, newest_per_cell
+from astra.report.tables import Table, build_table, table_latex, table_markdown
+
+FORMATS = ("md", "tex")
+
+
+def split_ok(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """(ok results, newest per cell; the others; notes on dropped duplicates)."""
+    ok = [r for r in results if r.get("status") == "ok"]
+    kept, notes = newest_per_cell(ok)
+    return kept, [r for r in results if r.get("status") != "ok"], notes
+
+
+def build_tables(results: list[dict[str, Any]]) -> list[Table]:
+    """One table per (experiment, model) of the ok results, duplicates reduced to the newest."""
+    ok, _, notes = split_ok(results)
+    tables = []
+    for (experiment, model), group in sorted(group_by(ok, "experiment", "model").items(), key=str):
+        table = build_table(group, f"{experiment}: {model}")
+        table.notes += [note for note in notes if any(Path(r["_path"]).name in note for r in group)]
+        tables.append(table)
+    return tables
+
+
+def _failed_markdown(failed: list[dict[str, Any]]) -> str:
+    lines = ["# Runs that did not finish ok", "", "Not in any table.", "", "| status | experiment | method | task | seed | error | file |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in sorted(failed, key=lambda r: r["_path"]):
+        error = (r.get("error") or "").strip().splitlines()
+        lines.append(f"| {r.get('status')} | {r.get('experiment')} | {r.get('method')} | {r.get('task')} | {r.get('seed')} | "
+                     f"{(error[-1] if error else '').replace('|', '/')[:160]} | {Path(r['_path']).name} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path, filters: list[str] | tuple[str, ...] = (),
+                 formats: tuple[str, ...] = FORMATS, figures: bool = True) -> list[Path]:  # fmt: skip
+    """Write tables (``formats``), ``failed.md``, figures and ``index.md`` into ``out_dir``; returns the files."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"--format {','.join(bad)} is not valid; expected a comma-separated subset of {list(FORMATS)}")
+    results = load_results(results_dir, filters)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for table in build_tables(results):
+        stem = out / "tables" / _slug(table.title.replace(": ", "_"))
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        for fmt in formats:
+            path = stem.with_suffix(f".{fmt}")
+            path.write_text(table_markdown(table) if fmt == "md" else table_latex(table), encoding="utf-8")
+            written.append(path)
+    ok, failed, _ = split_ok(results)
+    if failed:
+        (out / "failed.md").write_text(_failed_markdown(failed), encoding="utf-8")
+        written.append(out / "failed.md")
+    if figures:
+        written += plot_training_curves(ok, out) + plot_ablations(ok, out)
+    index = ["# Report", "", f"From {len(results)} result files below `{results_dir}`"
+             + (f" matching {list(filters)}" if filters else "") + f" ({len(ok)} ok, {len(failed)} not).", ""]  # fmt: skip
+    index += [f"- [{p.relative_to(out)}]({p.relative_to(out)})" for p in written]
+    (out / "index.md").write_text("\n".join(index) + "\n", encoding="utf-8")
+    return [*written, out / "index.md"]

@@ -1,0 +1,133 @@
+"""The report (make paper) on a fixture set of result files: tables equal golden files (numbers checked by hand
+below), figures are written (ablation plots only for the key that varies), filters select, bad input is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from astra.report import build_tables, load_results, table_latex, table_markdown, write_report
+from astra.report.__main__ import main
+
+GOLDEN = Path(__file__).parent / "fixtures" / "report"
+FAMILY = {"gsm8k": "math", "arc_e": "commonsense", "piqa": "commonsense"}
+
+
+def result(method, task, seed, value, *, experiment="fx", status="ok", dirty=False, created="2026-11-23T10:00:00",
+           rank=8, **extra):  # fmt: skip
+    steps = list(range(1, 6))
+    return {
+        "method": method, "task": task, "model": "tiny", "seed": seed, "rank": rank, "learning_rate": 1e-3,
+        "experiment": experiment, "status": status, "created": created, "git": {"dirty": dirty},
+        "error": "ValueError: boom" if status != "ok" else None,
+        "config": {"seed": seed, "rank": rank, "method": {"name": method}, "task": {"name": task, "family": FAMILY[task],
+                   "eval": {"primary_metric": "accuracy"}}, "experiment_name": experiment},
+        "metrics": {"accuracy": value} if value is not None else {},
+        "parameters": {"trainable": 40000, "total": 1000000},
+        "series": {"train/loss": {"step": steps, "value": [2.0 / s for s in steps]},
+                   "grad/norm": {"step": steps, "value": [1.0 + seed / s for s in steps]}},
+        **extra,
+    }  # fmt: skip
+
+
+def fixture_results() -> list[dict]:
+    return [
+        result("lora", "gsm8k", 1, 0.10, created="2026-11-22T10:00:00"),  # an older duplicate of the next: dropped
+        result("lora", "gsm8k", 1, 0.50),
+        result("lora", "gsm8k", 2, 0.60),  # 55.0 ± 7.1 (sample std of 50, 60 = 7.07)
+        result("astra", "gsm8k", 1, 0.60),
+        result("astra", "gsm8k", 2, 0.70, dirty=True),  # 65.0 ± 7.1, best, dagger
+        result("lora", "arc_e", 1, 0.40),
+        result("lora", "arc_e", 2, 0.40),  # 40.0 ± 0.0
+        result("astra", "arc_e", 1, 0.45),  # one seed: 45.0 (n=1), best
+        result("astra", "arc_e", 2, None, status="failed"),  # listed in failed.md, not in the table
+        result("lora", "piqa", 1, 0.70),
+        result("lora", "piqa", 2, 0.80),  # 75.0 ± 7.1; astra has no piqa run: missing, and no commonsense average
+        *[result("astra", "gsm8k", 1, value, experiment="ablation_rank", rank=rank)
+          for rank, value in ((8, 0.2), (16, 0.3), (32, 0.25))],  # fmt: skip
+    ]
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    folder = tmp_path / "results"
+    for k, item in enumerate(fixture_results()):
+        path = folder / item["experiment"] / f"{k:02d}-{item['method']}-{item['task']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(item))
+    (folder / "fx" / "notes.json").write_text(json.dumps({"not": "a result"}))  # ignored
+    return folder
+
+
+def test_tables_equal_the_golden_files(results_dir):
+    tables = build_tables(load_results(results_dir))
+    assert [t.title for t in tables] == ["ablation_rank: tiny", "fx: tiny"]
+    markdown = "\n".join(table_markdown(t) for t in tables)
+    latex = "\n".join(table_latex(t) for t in tables)
+    # The hand-checked cells, before the whole-text comparison.
+    assert "| astra | 0.04M (4.00%) | 45.0 (n=1) | **65.0 ± 7.1**† | – | – |" not in markdown  # columns are sorted
+    fx = table_markdown(tables[1])
+    assert "| astra | 0.04M (4.00%) | **45.0 (n=1)** | **65.0 ± 7.1**† | – | – |" in fx
+    assert "| lora | 0.04M (4.00%) | 40.0 ± 0.0 | 55.0 ± 7.1 | **75.0 ± 7.1** | **57.5** |" in fx  # (40 + 75) / 2
+    assert "duplicates" in fx and "†: from a run whose tracked files were modified" in fx
+    assert "| astra (rank=8) |" in table_markdown(tables[0]) and "**30.0**" in table_markdown(tables[0])
+    assert markdown == (GOLDEN / "golden_table.md").read_text(encoding="utf-8")
+    assert latex == (GOLDEN / "golden_table.tex").read_text(encoding="utf-8")
+
+
+def test_write_report_tables_failed_list_figures_and_index(results_dir, tmp_path):
+    out = tmp_path / "paper"
+    written = write_report(results_dir, out)
+    names = {p.name for p in written}
+    assert {"fx_tiny.md", "fx_tiny.tex", "ablation_rank_tiny.md", "failed.md", "index.md"} <= names
+    assert "ValueError: boom" in (out / "failed.md").read_text()
+    figures = [p for p in written if p.parent.name == "figures"]
+    assert all(p.stat().st_size > 1000 for p in figures)
+    assert {"fx_tiny_gsm8k_train-loss.png", "fx_tiny_gsm8k_grad-norm.pdf"} <= {p.name for p in figures}
+    ablations = sorted(p.name for p in figures if any(f"_{task}_ablation_" in p.name for task in FAMILY))
+    assert ablations == ["ablation_rank_tiny_gsm8k_ablation_rank.pdf", "ablation_rank_tiny_gsm8k_ablation_rank.png"]
+    assert (out / "figures" / "fx_tiny_gsm8k_train-loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert all(p.name in (out / "index.md").read_text() for p in written if p.name != "index.md")
+
+
+def test_filters_select_and_bad_input_is_refused(results_dir, tmp_path, capsys):
+    assert {r["experiment"] for r in load_results(results_dir, ["experiment=fx"])} == {"fx"}
+    assert {r["task"] for r in load_results(results_dir, ["config.task.family=commonsense", "method=lora"])} == {"arc_e", "piqa"}
+    assert len(load_results(results_dir, ["git.dirty=true"])) == 1
+    assert main(["--results", str(results_dir), "--out", str(tmp_path / "o"), "--filter", "foo"]) == 2
+    assert "--filter 'foo' is not valid: expected key=value" in capsys.readouterr().err
+    assert main(["--results", str(results_dir), "--out", str(tmp_path / "o"), "--filter", "method=nope"]) == 2
+    assert "no result files matching ['method=nope']" in capsys.readouterr().err
+    assert main(["--results", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["--results", str(results_dir), "--out", str(tmp_path / "o"), "--format", "md,html"]) == 2
+    assert main(["--results", str(results_dir), "--out", str(tmp_path / "o"), "--no-figures"]) == 0
+    assert not (tmp_path / "o" / "figures").exists() and (tmp_path / "o" / "tables" / "fx_tiny.tex").is_file()
+
+
+def test_a_real_run_reports(tmp_path):
+    """A result file written by run.py carries what the report reads (series included)."""
+    from conftest import compose_config
+
+    import run
+
+    cfg = compose_config(tmp_path, ["method=astra", "trainer=debug", "logger=none", "trainer.eval_limit=2",
+                                    "task.eval.max_new_tokens=4", "forgetting.enabled=false"])  # fmt: skip
+    run.train(cfg, overrides=[])
+    written = write_report(tmp_path / "results", tmp_path / "paper")
+    assert any(p.name.endswith("_train-loss.png") for p in written)
+    assert any(p.name.endswith("_rank-eff-mean.png") for p in written)
+    assert "| astra |" in (tmp_path / "paper" / "tables" / "default_tiny_llama.md").read_text()
+
+
+def test_notebook_runs_on_the_fixture_results(results_dir, tmp_path, monkeypatch):
+    """The notebook (a jupytext script) calls the package only: run it against the fixture results."""
+    import runpy
+
+    source = (Path(__file__).resolve().parents[1] / "notebooks" / "paper_figures.py").read_text()
+    script = tmp_path / "notebook.py"
+    script.write_text(source.replace('Path("experiments/results")', f'Path("{results_dir}")')
+                      .replace('Path("experiments/paper/notebook")', f'Path("{tmp_path / "nb"}")'))  # fmt: skip
+    runpy.run_path(str(script))
+    assert list((tmp_path / "nb" / "figures").glob("*.png"))
