@@ -139,6 +139,11 @@ def apply_method(cfg: DictConfig, model: torch.nn.Module, datamodule: TaskDataMo
         cache_dir=Path(cfg.paths.cache_dir) if cfg.paths.get("cache_dir") else None,
         cache_key=calibration_identity(cfg, loader) if loader is not None else {},
     )
+    if loader is not None:  # launched on N ranks: each calibrates on its share, the sums are all-reduced
+        from astra.calibration.distributed import ensure_process_group, shard_loader, world
+
+        if ensure_process_group():
+            loader = shard_loader(loader, *world())
     torch.manual_seed(cfg.seed)
     report = init_fn(model, loader, context, **extra) or {}
     if method.peft is not None and not any(True for _ in lora_layers(model)):

@@ -157,8 +157,16 @@ def forward_extras(model: nn.Module, *, need_logits: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- batches
 
 
+def local_sample_count(loader: Any, n_samples: int | None) -> int | None:
+    """``n_samples`` is the whole calibration set (it is part of the cache key); a rank's sharded loader
+    (``distributed.shard_loader``) holds its share, which is what this process must see."""
+    dataset = getattr(loader, "dataset", None)
+    return len(dataset) if getattr(dataset, "shard_of", None) else n_samples
+
+
 def check_calibration_size(loader: Any, n_samples: int | None, method: str) -> None:
     """Stop early and clearly when there is no calibration loader or it holds fewer samples than asked for."""
+    n_samples = local_sample_count(loader, n_samples)
     if loader is None:
         raise ValueError(
             f"{method} needs calibration data, but the calibration loader is None (method.calibration null?)"
@@ -180,6 +188,7 @@ def check_calibration_size(loader: Any, n_samples: int | None, method: str) -> N
 
 
 def expected_batches(loader: Any, n_samples: int | None) -> int | None:
+    n_samples = local_sample_count(loader, n_samples)
     batch_size = getattr(loader, "batch_size", None)
     if n_samples is not None and batch_size:
         return math.ceil(n_samples / batch_size)
@@ -193,6 +202,7 @@ def iter_batches(
     loader: Any, n_samples: int | None, device: torch.device, keys: Sequence[str], method: str
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield batches (only ``keys``, on ``device``); exactly ``n_samples`` rows in all when it is given."""
+    n_samples = local_sample_count(loader, n_samples)
     seen = 0
     for batch in loader:
         if n_samples is not None and seen >= n_samples:

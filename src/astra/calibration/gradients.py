@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from astra.calibration import distributed
 from astra.calibration.common import (
     CalibrationResult,
     adapters_disabled,
@@ -140,6 +141,10 @@ def collect_weight_gradients(
                         f"{method}: no gradient reached layers {starved[:5]} on some batches (reentrant gradient "
                         "checkpointing without input grads? a layer unused by the loss?)"
                     )
+                # On N ranks (each ran its share of the batches): the sums and counts of all batches.
+                distributed.all_reduce_sums([totals[name] for name in group])
+                n_batches = distributed.all_reduce_count(n_batches, device)
+                n_rows = distributed.all_reduce_count(n_rows, device)
                 for name in group:
                     mean = totals.pop(name).div_(n_batches)
                     check_finite(name, mean, "calibration gradients")
@@ -149,8 +154,8 @@ def collect_weight_gradients(
                 weight.grad = saved_grads[name]
     status = "off"
     if path is not None:
-        save_cache(
-            path, key, {"grads": {n: g.cpu() for n, g in stats.items()}, "n_samples": n_rows, "n_batches": n_batches}
-        )
+        if distributed.is_writer():  # every rank holds the same gradients; one writes them
+            payload = {"grads": {n: g.cpu() for n, g in stats.items()}, "n_samples": n_rows, "n_batches": n_batches}
+            save_cache(path, key, payload)
         status = "miss"
     return CalibrationResult(stats, n_rows, n_batches, status, str(path) if path else None, time.perf_counter() - start)

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from astra.calibration import distributed
 from astra.calibration.common import (
     CalibrationResult,
     adapters_disabled,
@@ -602,6 +603,11 @@ def collect_output_moments(
             accs, routes, sources, n_batches = _run_pass(
                 model, calibration_loader, layers, group, options, n_samples, progress, desc, extras, device, method
             )
+            # On N ranks (each ran its share of the batches) the running sums become those of all batches.
+            for acc in {id(a): a for a in accs.values()}.values():
+                distributed.all_reduce_sums([*acc.rows, acc.su, acc.sv, acc.u0, acc.v0, acc.K])
+                acc.N = distributed.all_reduce_count(acc.N, acc.K.device)
+            n_batches = distributed.all_reduce_count(n_batches, device)
             matrices = {}
             for name in group:
                 bias_row = routes[name] == "input" and layers[name].bias is not None
@@ -618,6 +624,7 @@ def collect_output_moments(
     n_rows = stats[names[0]].n_samples
     status = "off"
     if path is not None:
-        save_cache(path, key, {name: moment.to_payload() for name, moment in stats.items()})
+        if distributed.is_writer():  # every rank holds the same statistics; one writes them
+            save_cache(path, key, {name: moment.to_payload() for name, moment in stats.items()})
         status = "miss"
     return CalibrationResult(stats, n_rows, n_batches, status, str(path) if path else None, time.perf_counter() - start)
