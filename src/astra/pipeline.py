@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import warnings
@@ -14,10 +13,12 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from astra.adapter_export import check_export_supported, export_adapter, save_initial_adapter  # noqa: F401 - run.py's steps
 from astra.calibration.identity import calibration_cache_identity
-from astra.checkpointing import PeriodicCheckpoint, checkpoint_path
+from astra.checkpointing import PeriodicCheckpoint
 from astra.data.datamodule import TaskDataModule
 from astra.methods.base import InitContext, lora_layers
+from astra.run_resume import remove_checkpoint, resume_checkpoint  # noqa: F401 - run.py's steps
 from astra.tasks.base import EvalSettings
 from astra.training import CausalLMModule, SequenceClassificationModule
 
@@ -224,54 +225,6 @@ def fit(module: CausalLMModule, datamodule: TaskDataModule, trainer: pl.Trainer,
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
 
-def remove_checkpoint(run_dir: Path) -> None:
-    """After a run finished ok its checkpoint is no longer needed (for full fine-tuning it is several times the
-    model's size): the exported adapter and the result file are what remain."""
-    path = checkpoint_path(run_dir)
-    if path.is_file():
-        path.unlink()
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()
-
-
-def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """For ``resume=<run_dir>``: the checkpoint to continue from, after checking that the recomposed config is
-    the one the run recorded (config files edited since would silently change the science)."""
-    if not cfg.get("resume"):
-        return None
-    if Path(str(cfg.resume)).resolve() != run_dir.resolve():
-        raise ValueError(f"resume={cfg.resume} but this run's directory is {run_dir}; use `python run.py resume=<run_dir>`")
-    path = checkpoint_path(run_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"resume={cfg.resume}: no checkpoint at {path} (set trainer.checkpoint_every_n_steps)")
-    previous_file = run_dir / "result.json"
-    if previous_file.is_file():
-        import json
-
-        previous = json.loads(previous_file.read_text(encoding="utf-8"))
-        if previous.get("status") == "ok":
-            raise ValueError(f"resume={cfg.resume}: that run already finished with status ok; nothing to resume")
-        recorded = previous.get("config") or {}
-        current = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-        changed = sorted(differing_keys(recorded, current) - {"resume"})
-        if changed:
-            raise ValueError(
-                f"resume={cfg.resume}: the config recomposed from the run's overrides differs from the one it recorded "
-                f"at {changed[:10]} (were config files edited since?); refusing to continue a different run"
-            )
-    log.info("resuming %s from %s", run_dir, path)
-    return path
-
-
-def differing_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: set[str] = set()
-        for key in set(a) | set(b):
-            out |= differing_keys(a.get(key), b.get(key), f"{prefix}{key}.") if key in a and key in b else {prefix + key}
-        return out
-    return set() if a == b else {prefix.rstrip(".")}
-
-
 def build_telemetry(cfg: DictConfig, run_dir: Path, init_report: dict, init_seconds: float) -> tuple[list, list]:
     """Loggers from ``cfg.logger`` and callbacks from ``cfg.callbacks`` (a dict of ``_target_`` nodes)."""
     from astra.callbacks import attach_run_info, build_loggers, instantiate_callbacks
@@ -314,46 +267,3 @@ def finish_telemetry(loggers: list, failed: bool, summary: dict | None = None) -
         from astra.loggers import finish_loggers
 
         finish_loggers(loggers, failed=failed, summary=summary)
-
-
-def check_export_supported(method: DictConfig) -> None:
-    """Refuse, before any work, combinations whose export would silently lose trained weights."""
-    if method.get("residual") and method.peft is not None and method.peft.get("use_dora"):
-        raise ValueError(
-            f"method {method.name} changes the base weight and uses DoRA; converting its adapter to a plain "
-            "LoRA on the original model (PEFT path_initial_model_for_weight_conversion) would silently drop "
-            "the trained DoRA magnitude. Use method.peft.use_dora=false, or a non-residual method with DoRA."
-        )
-
-
-def save_initial_adapter(cfg: DictConfig, model, run_dir: Path) -> Path | None:
-    """Residual methods: save the adapter as initialised, so the trained one can be converted later.
-
-    Saved with ``init_lora_weights=True`` in its config, as PEFT's conversion requires (loading it must not
-    re-run the decomposition)."""
-    if cfg.method.peft is None or not cfg.method.get("residual"):
-        return None
-    peft_config = model.peft_config["default"]
-    original = peft_config.init_lora_weights
-    peft_config.init_lora_weights = True
-    try:
-        model.save_pretrained(str(run_dir / "adapter_init"))
-    finally:
-        peft_config.init_lora_weights = original
-    return run_dir / "adapter_init"
-
-
-def export_adapter(cfg: DictConfig, model, run_dir: Path) -> dict[str, str]:
-    """Save the trained adapter in PEFT format (``adapter/``, loads on the residual base for residual
-    methods); for residual methods also ``adapter_converted/``: a plain rank-2r LoRA that loads on the
-    ORIGINAL base model. Full fine-tuning saves nothing (7B checkpoints are not wanted by default)."""
-    if cfg.method.peft is None:
-        return {}
-    exported = {"adapter": str(run_dir / "adapter")}
-    model.save_pretrained(exported["adapter"])
-    initial = run_dir / "adapter_init"
-    if cfg.method.get("residual"):
-        exported["adapter_init"] = str(initial)
-        exported["adapter_converted"] = str(run_dir / "adapter_converted")
-        model.save_pretrained(exported["adapter_converted"], path_initial_model_for_weight_conversion=str(initial))
-    return exported
