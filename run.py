@@ -88,6 +88,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             with watch("eval"):
                 evaluation = pipeline.evaluate(cfg, model, tokenizer, datamodule, device, run_dir)
             record.facts["metrics"], record.facts["eval_samples"] = evaluation["metrics"], evaluation["samples"]
+            record.facts["items"] = evaluation["items"]  # per-item right/wrong, for paired intervals in the report
             if probe is not None:
                 with watch("forgetting"):
                     probe.after(model)

@@ -32,13 +32,17 @@ def result(method, task, seed, value, *, experiment="fx", status="ok", dirty=Fal
     }  # fmt: skip
 
 
+def items(correct: list[int]) -> dict:
+    return {"ids": ["a", "b", "c", "d"], "correct": correct}
+
+
 def fixture_results() -> list[dict]:
     return [
         result("lora", "gsm8k", 1, 0.10, created="2026-11-22T10:00:00"),  # an older duplicate of the next: dropped
-        result("lora", "gsm8k", 1, 0.50),
-        result("lora", "gsm8k", 2, 0.60),  # 55.0 ± 7.1 (sample std of 50, 60 = 7.07)
-        result("astra", "gsm8k", 1, 0.60),
-        result("astra", "gsm8k", 2, 0.70, dirty=True),  # 65.0 ± 7.1, best, dagger
+        result("lora", "gsm8k", 1, 0.50, items=items([1, 0, 0, 1])),
+        result("lora", "gsm8k", 2, 0.60, items=items([1, 1, 0, 1])),  # 55.0 ± 7.1 (sample std of 50, 60 = 7.07)
+        result("astra", "gsm8k", 1, 0.60, items=items([1, 1, 0, 1])),
+        result("astra", "gsm8k", 2, 0.70, dirty=True, items=items([1, 1, 1, 1])),  # 65.0 ± 7.1, best, dagger
         result("lora", "arc_e", 1, 0.40),
         result("lora", "arc_e", 2, 0.40),  # 40.0 ± 0.0
         result("astra", "arc_e", 1, 0.45),  # one seed: 45.0 (n=1), best
@@ -115,6 +119,8 @@ def test_a_real_run_reports(tmp_path):
     cfg = compose_config(tmp_path, ["method=astra", "trainer=debug", "logger=none", "trainer.eval_limit=2",
                                     "task.eval.max_new_tokens=4", "forgetting.enabled=false"])  # fmt: skip
     run.train(cfg, overrides=[])
+    items = json.loads((tmp_path / "run" / "result.json").read_text())["items"]
+    assert len(items["ids"]) == len(items["correct"]) == 2 and set(items["correct"]) <= {0, 1}
     written = write_report(tmp_path / "results", tmp_path / "paper")
     assert any(p.name.endswith("_train-loss.png") for p in written)
     assert any(p.name.endswith("_rank-eff-mean.png") for p in written)
@@ -131,3 +137,15 @@ def test_notebook_runs_on_the_fixture_results(results_dir, tmp_path, monkeypatch
                       .replace('Path("experiments/paper/notebook")', f'Path("{tmp_path / "nb"}")'))  # fmt: skip
     runpy.run_path(str(script))
     assert list((tmp_path / "nb" / "figures").glob("*.png"))
+
+
+def test_difference_to_lora_with_a_paired_bootstrap_interval(results_dir, tmp_path):
+    from astra.report import paired_interval
+
+    write_report(results_dir, tmp_path / "paper", figures=False)
+    text = (tmp_path / "paper" / "tables" / "fx_tiny_vs_lora.md").read_text()
+    # Per item over seeds: lora a 1, b 1/2, c 0, d 1; astra a 1, b 1, c 1/2, d 1 -> differences 0, 1/2, 1/2, 0: +25.0.
+    assert "| astra | +25.0 [" in text and "Items compared: gsm8k 4" in text  # tasks with item outcomes only
+    mean, low, high, n = paired_interval({"a": 1, "b": 1, "c": 0.5, "d": 1}, {"a": 1, "b": 0.5, "c": 0, "d": 1})
+    assert (mean, n) == (0.25, 4) and 0.0 <= low <= mean <= high <= 0.5  # resampled means of {0, 1/2} values
+    assert paired_interval({"a": 1.0}, {"b": 1.0}) is None  # no common item

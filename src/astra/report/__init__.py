@@ -7,6 +7,7 @@ Notebooks call the same functions (``load_results``, ``build_tables``, ``table_m
 """
 
 from astra.report.figures import plot_ablations, plot_training_curves
+from astra.report.intervals import difference_table, paired_interval
 from astra.report.results import load_results, newest_per_cell, parse_filters
 from astra.report.tables import Table, build_table, table_latex, table_markdown
 from astra.report.write import build_tables, write_report
@@ -15,8 +16,10 @@ __all__ = [
     "Table",
     "build_table",
     "build_tables",
+    "difference_table",
     "load_results",
     "newest_per_cell",
+    "paired_interval",
     "parse_filters",
     "plot_ablations",
     "plot_training_curves",

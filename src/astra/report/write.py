@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from astra.report.figures import _slug, group_by, plot_ablations, plot_training_curves
+from astra.report.intervals import difference_table
 from astra.report.results import load_results, newest_per_cell
 from astra.report.tables import Table, build_table, table_latex, table_markdown
 
@@ -58,6 +59,14 @@ def write_report(results_dir: str | Path, out_dir: str | Path, filters: list[str
             path.write_text(table_markdown(table) if fmt == "md" else table_latex(table), encoding="utf-8")
             written.append(path)
     ok, failed, _ = split_ok(results)
+    if "md" in formats:  # each row against LoRA, with paired bootstrap intervals over test items
+        for (experiment, model), group in sorted(group_by(ok, "experiment", "model").items(), key=str):
+            text = difference_table(group, f"{experiment}: {model}")
+            if text is not None:
+                path = out / "tables" / f"{_slug(f'{experiment}_{model}')}_vs_lora.md"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+                written.append(path)
     if failed:
         (out / "failed.md").write_text(_failed_markdown(failed), encoding="utf-8")
         written.append(out / "failed.md")

@@ -1,0 +1,81 @@
+"""Each row's difference to a baseline row (LoRA) with a 95% bootstrap confidence interval over test items.
+
+Paired: per test item (matched by id across runs), each row's right/wrong outcome is averaged over its seeds, the
+baseline's likewise, and the per-item differences are resampled with replacement (percentile interval, seeded, so a
+table regenerates identically). Needs the ``items`` block run.py writes into result files; tasks without per-item
+outcomes (STS-B) and items missing from either side are left out, and the table says how many items were compared.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from astra.report.tables import MISSING, _method_rank, row_label, varying_keys
+
+BOOTSTRAP_SAMPLES = 10_000
+
+
+def per_item_means(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Item id -> the fraction of these runs (seeds) that got it right; items every run scored."""
+    counts: dict[str, list[int]] = defaultdict(list)
+    for result in results:
+        items = result.get("items") or {}
+        for item_id, correct in zip(items.get("ids", []), items.get("correct", [])):
+            counts[item_id].append(int(correct))
+    return {item: sum(values) / len(values) for item, values in counts.items() if len(values) == len(results)}
+
+
+def paired_interval(row: dict[str, float], baseline: dict[str, float], samples: int = BOOTSTRAP_SAMPLES,
+                    seed: int = 0) -> tuple[float, float, float, int] | None:  # fmt: skip
+    """(mean difference, 2.5th and 97.5th percentile of its bootstrap distribution, items) in score units."""
+    common = sorted(set(row) & set(baseline))
+    if not common:
+        return None
+    differences = torch.tensor([row[item] - baseline[item] for item in common], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(common), (samples, len(common)), generator=generator)
+    means = differences[picks].mean(dim=1)
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return float(differences.mean()), low, high, len(common)
+
+
+def difference_table(results: list[dict[str, Any]], title: str, baseline: str = "lora") -> str | None:
+    """Markdown: rows = row labels other than the baseline, columns = tasks, cells ``+d [lo, hi]`` (×100)."""
+    varying = varying_keys(results)
+    by_row: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    methods = {}
+    for result in results:
+        label = row_label(result, varying)
+        by_row[label][result["task"]].append(result)
+        methods[label] = result["method"]
+    base_labels = [label for label, method in methods.items() if method == baseline]
+    if len(base_labels) != 1:
+        return None  # no single baseline row (none, or several learning rates of it): nothing to pair with
+    base = by_row[base_labels[0]]
+    tasks = sorted({r["task"] for r in results if r.get("items")})
+    if not tasks:
+        return None
+    lines = [f"### {title}: difference to {baseline} (×100, 95% paired bootstrap interval over test items)", "",
+             "| method | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]  # fmt: skip
+    counts = {}
+    for label in sorted(by_row, key=lambda lb: (_method_rank(methods[lb]), lb)):
+        if label == base_labels[0]:
+            continue
+        cells = []
+        for task in tasks:
+            interval = (paired_interval(per_item_means(by_row[label][task]), per_item_means(base[task]))
+                        if by_row[label].get(task) and base.get(task) else None)  # fmt: skip
+            if interval is None:
+                cells.append(MISSING)
+                continue
+            mean, low, high, n_items = interval
+            counts[task] = n_items
+            cells.append(f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    items = ", ".join(f"{task} {n}" for task, n in sorted(counts.items()))
+    lines += ["", f"Items compared: {items}. Per item, each row's right/wrong averaged over its seeds; "
+              f"{BOOTSTRAP_SAMPLES} resamples of the items, seed 0."]  # fmt: skip
+    return "\n".join(lines) + "\n"
