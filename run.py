@@ -81,7 +81,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             module = pipeline.build_module(cfg, model, device, datamodule.family.head)
             main_process = trainer.is_global_zero
             with watch("train"):
-                pipeline.fit(module, datamodule, trainer, ckpt_path=record.resume_from)
+                if cfg.method.get("trains", True):  # method=untrained: the model is scored as loaded
+                    pipeline.fit(module, datamodule, trainer, ckpt_path=record.resume_from)
             if not main_process:
                 return float("nan")
 

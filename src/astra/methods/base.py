@@ -60,6 +60,13 @@ def keep_peft_init(model: nn.Module, calibration_loader, context: InitContext) -
     return {}
 
 
+def frozen_init(model: nn.Module, calibration_loader, context: InitContext) -> dict:
+    """method=untrained: nothing trains (0 trainable parameters); the model is scored as loaded."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return {}
+
+
 def full_finetune_init(model: nn.Module, calibration_loader, context: InitContext) -> dict:
     """Full fine-tuning: every parameter trains, no adapter."""
     for parameter in model.parameters():
