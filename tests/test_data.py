@@ -126,3 +126,13 @@ def test_row_ids_select_a_published_split_of_one_file(compose_cfg, tokenizer, tm
     out_of_range = _datamodule(compose_cfg, tokenizer, [*files, "+task.row_ids.train=train"])
     with pytest.raises(ValueError, match=r"ids \[10\] are not row positions of file .*rows.jsonl \(0..9\)"):
         out_of_range.setup()
+
+
+def test_a_list_of_training_files_is_their_rows_in_order(compose_cfg, tokenizer, tmp_path):
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.json"
+    first.write_text(json.dumps(ROW) + "\n")
+    second.write_text(json.dumps([{**ROW, "question": "Second file?"}, {**ROW, "question": "Third row?"}]))
+    datamodule = _datamodule(compose_cfg, tokenizer, ["task.source=files", f"task.data.train=[{first},{second}]",
+                                                      f"task.data.test={first}"])  # fmt: skip
+    datamodule.setup()
+    assert [row["question"] for row in datamodule.train_rows] == [ROW["question"], "Second file?", "Third row?"]

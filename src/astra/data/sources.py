@@ -156,7 +156,13 @@ def load_split(task_cfg: Any, split: str, reader: Any = None) -> SplitRows:
         path = (task_cfg.get("data") or {}).get(split)
         if not path:
             raise ValueError(f"task.source=files needs task.data.{split}=<path to the {split} file>")
-        return _file_split(os.path.expanduser(str(path)), reader)
+        if isinstance(path, str):
+            return _file_split(os.path.expanduser(path), reader)
+        # A list of files: their rows in order (a training mix such as several LLM-Adapters training files).
+        parts = [_file_split(os.path.expanduser(str(item)), reader) for item in path]
+        rows = [row for part in parts for row in part.rows]
+        locations = [location for part in parts for location in part.locations]
+        return SplitRows(rows, locations, " + ".join(part.origin for part in parts))
     if source == "hub":
         return _hub_split(task_cfg.hub[split], split)
     raise ValueError(f"task.source={source!r} is unknown; valid sources: {list(SOURCES)}")
