@@ -149,3 +149,17 @@ def test_difference_to_lora_with_a_paired_bootstrap_interval(results_dir, tmp_pa
     mean, low, high, n = paired_interval({"a": 1, "b": 1, "c": 0.5, "d": 1}, {"a": 1, "b": 0.5, "c": 0, "d": 1})
     assert (mean, n) == (0.25, 4) and 0.0 <= low <= mean <= high <= 0.5  # resampled means of {0, 1/2} values
     assert paired_interval({"a": 1.0}, {"b": 1.0}) is None  # no common item
+
+
+def test_a_suite_result_is_a_column_per_benchmark(tmp_path):
+    suite = result("astra", "arc_e", 1, 0.5, items={"ids": ["arc_e-1", "arc_e-2", "piqa-1", "piqa-2"], "correct": [1, 0, 1, 1]})
+    suite["task"] = "commonsense_suite"
+    suite["config"]["task"] = {"name": "commonsense_suite", "family": "commonsense", "benchmarks": ["arc_e", "piqa"],
+                               "eval": {"primary_metric": "accuracy"}}  # fmt: skip
+    suite["metrics"] = {"accuracy": 0.75, "accuracy_arc_e": 0.5, "accuracy_piqa": 1.0}
+    folder = tmp_path / "results" / "fx"
+    folder.mkdir(parents=True)
+    (folder / "suite.json").write_text(json.dumps(suite))
+    (table,) = build_tables(load_results(tmp_path / "results"))
+    assert table.tasks == ["arc_e", "piqa"]
+    assert "| astra | 0.04M (4.00%) | **50.0** | **100.0** | **75.0** |" in table_markdown(table)

@@ -34,7 +34,8 @@ def test_every_task_runs_end_to_end(tmp_path, monkeypatch, task, protocol):
     metric = run.train(cfg, overrides=[f"task={task}"])
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "ok" and result["task"] == task
-    splits = len(task_yaml.data) - 1 if task_yaml.family == "glue" else 1  # MNLI: matched and mismatched dev
+    # Evaluation splits: MNLI's matched and mismatched dev; a suite's benchmarks; otherwise one test split.
+    splits = len(task_yaml.get("benchmarks") or []) or (len(task_yaml.data) - 1 if task_yaml.family == "glue" else 1)
     assert -1.0 <= metric <= 1.0 and result["metrics"]["n_eval"] == 3 * splits  # MCC, Pearson: in [-1, 1]
     records = [json.loads(line) for line in (tmp_path / "run" / "eval" / f"{task}.jsonl").read_text().splitlines()]
     assert len(records) == 3 * splits
@@ -191,3 +192,16 @@ def test_math_training_rows_are_recognised_by_their_fields():
     metamath = family.format_row({"query": "q?", "response": "so 2.\nThe answer is: 2"}, "train", task_cfg)
     gsm8k = family.format_row({"question": "q?", "answer": "1+1=2\n#### 2"}, "train", task_cfg)
     assert metamath.reference == "2" and gsm8k.answer.endswith("The answer is: 2") and gsm8k.reference == "2"
+
+
+def test_a_suite_trains_once_and_scores_every_benchmark(tmp_path):
+    cfg = compose_config(tmp_path, ["task=commonsense_suite", "method=lora", *QUICK, "trainer.eval_limit=2",
+                                    "task.eval.protocol=generation", "task.eval.max_new_tokens=4"])  # fmt: skip
+    run.train(cfg, overrides=[])
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    benchmarks = list(cfg.task.benchmarks)
+    metrics = result["metrics"]
+    assert {f"accuracy_{b}" for b in benchmarks} <= set(metrics) and metrics["n_eval"] == 2 * len(benchmarks)
+    assert metrics["accuracy"] == pytest.approx(sum(metrics[f"accuracy_{b}"] for b in benchmarks) / len(benchmarks))
+    assert result["steps_done"] == 5  # one training for all eight
+    assert [item.split("-")[0] for item in result["items"]["ids"]] == [b for b in benchmarks for _ in range(2)]

@@ -151,6 +151,8 @@ def load_split(task_cfg: Any, split: str, reader: Any = None) -> SplitRows:
     if source == "sample":
         # sample_dir: one folder for both splits, or {train: folder, test: folder}
         folder = task_cfg.sample_dir if isinstance(task_cfg.sample_dir, str) else task_cfg.sample_dir[split]
+        if (SAMPLES_DIR / folder).is_file():  # a file named directly (a suite's per-benchmark test files)
+            return _file_split(SAMPLES_DIR / folder, reader)
         return _file_split(_sample_file(SAMPLES_DIR / folder, split), reader)
     if source == "files":
         path = (task_cfg.get("data") or {}).get(split)

@@ -94,3 +94,24 @@ def newest_per_cell(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
             notes.append(f"{Path(older['_path']).name} duplicates {Path(group[-1]['_path']).name} (same config); "
                          "the newer is used")  # fmt: skip
     return kept, notes
+
+
+def expand_suites(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A suite result (one training scored on several benchmarks: ``config.task.benchmarks``) as one result per
+    benchmark, so each benchmark is a column: its ``accuracy_<benchmark>`` becomes ``accuracy``, its items those whose
+    id starts with ``<benchmark>-``. Training curves keep the suite as one task."""
+    out = []
+    for result in results:
+        benchmarks = lookup(result, "config.task.benchmarks")
+        if not benchmarks:
+            out.append(result)
+            continue
+        items = result.get("items") or {"ids": [], "correct": []}
+        for benchmark in benchmarks:
+            value = (result.get("metrics") or {}).get(f"accuracy_{benchmark}")
+            keep = [k for k, item in enumerate(items["ids"]) if str(item).startswith(f"{benchmark}-")]
+            task = {**result["config"]["task"], "name": benchmark, "eval": {"primary_metric": "accuracy"}}
+            out.append({**result, "task": benchmark, "metrics": {} if value is None else {"accuracy": value},
+                        "config": {**result["config"], "task": task},
+                        "items": {"ids": [items["ids"][k] for k in keep], "correct": [items["correct"][k] for k in keep]}})  # fmt: skip
+    return out

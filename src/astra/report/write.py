@@ -7,7 +7,7 @@ from typing import Any
 
 from astra.report.figures import _slug, group_by, plot_ablations, plot_training_curves
 from astra.report.intervals import difference_table
-from astra.report.results import load_results, newest_per_cell
+from astra.report.results import expand_suites, load_results, newest_per_cell
 from astra.report.tables import Table, build_table, table_latex, table_markdown
 
 FORMATS = ("md", "tex")
@@ -20,11 +20,16 @@ def split_ok(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
     return kept, [r for r in results if r.get("status") != "ok"], notes
 
 
+def per_benchmark(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Suite results split into one result per benchmark (tables and intervals have a column per benchmark)."""
+    return expand_suites(results)
+
+
 def build_tables(results: list[dict[str, Any]]) -> list[Table]:
     """One table per (experiment, model) of the ok results, duplicates reduced to the newest."""
     ok, _, notes = split_ok(results)
     tables = []
-    for (experiment, model), group in sorted(group_by(ok, "experiment", "model").items(), key=str):
+    for (experiment, model), group in sorted(group_by(per_benchmark(ok), "experiment", "model").items(), key=str):
         table = build_table(group, f"{experiment}: {model}")
         table.notes += [note for note in notes if any(Path(r["_path"]).name in note for r in group)]
         tables.append(table)
@@ -60,7 +65,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path, filters: list[str
             written.append(path)
     ok, failed, _ = split_ok(results)
     if "md" in formats:  # each row against LoRA, with paired bootstrap intervals over test items
-        for (experiment, model), group in sorted(group_by(ok, "experiment", "model").items(), key=str):
+        for (experiment, model), group in sorted(group_by(per_benchmark(ok), "experiment", "model").items(), key=str):
             text = difference_table(group, f"{experiment}: {model}")
             if text is not None:
                 path = out / "tables" / f"{_slug(f'{experiment}_{model}')}_vs_lora.md"

@@ -46,8 +46,16 @@ def first_answer_word(benchmark: str, generation: str) -> str | None:
     return found[0] if found else None
 
 
+def suite_benchmarks(task_cfg: Any) -> list[str]:
+    """``task.benchmarks`` of a suite task (one training, every listed benchmark scored); [] for a single benchmark."""
+    return list(task_cfg.get("benchmarks") or [])
+
+
 class CommonsenseFamily(TaskFamily):
     name = "commonsense"
+
+    def eval_splits(self, task_cfg: Any) -> list[str]:
+        return suite_benchmarks(task_cfg) or ["test"]
 
     def read_file(self, path: Path, task_cfg: Any = None):
         if path.suffix in (".txt", ".bz2"):
@@ -64,14 +72,15 @@ class CommonsenseFamily(TaskFamily):
                 if key not in row:
                     raise KeyError(f"LLM-Adapters row lacks field {key!r}; expected instruction, input, output, answer")
             return Example(ALPACA_PROMPT.format(instruction=row["instruction"]), " " + row["output"], row["answer"])
-        benchmark = task_cfg.benchmark
-        self._test_rows = getattr(self, "_test_rows", 0) + 1  # 1-based position, for the item id
+        benchmark = split if split in suite_benchmarks(task_cfg) else task_cfg.benchmark
+        positions = self.__dict__.setdefault("_positions", {})
+        position = positions[benchmark] = positions.get(benchmark, 0) + 1  # 1-based, per benchmark: the item id
         if "query" in row and "gold" in row:  # already an item (HellaSwag's text file)
             item = row
         elif "instruction" in row:  # an LLM-Adapters test file
-            item = parse_llm_adapters_row(benchmark, row, "row", self._test_rows)
+            item = parse_llm_adapters_row(benchmark, row, "row", position)
         else:  # the benchmark's own Hub dataset (task.source=hub)
-            item = hub_item(benchmark, row, self._test_rows, f"row {self._test_rows}")
+            item = hub_item(benchmark, row, position, f"row {position}")
         instruction = row.get("instruction") or item.get("instruction") or hellaswag_instruction(item)
         return Example(ALPACA_PROMPT.format(instruction=instruction), "", item["gold"], meta=item)
 
@@ -82,21 +91,38 @@ class CommonsenseFamily(TaskFamily):
         protocol = task_cfg.eval.protocol
         if protocol not in PROTOCOLS:
             raise ValueError(f"task.eval.protocol={protocol!r} is not valid; expected one of {list(PROTOCOLS)}")
-        examples = examples[: settings.limit] if settings.limit else examples
-        if protocol == "loglikelihood":
-            work_dir = (settings.records_path.parent if settings.records_path else Path(".")) / "lm_eval"
-            scored = score_multiple_choice(model, tokenizer, task_cfg.benchmark, [e.meta for e in examples], work_dir,
-                                           batch_size=int(task_cfg.eval.batch_size))  # fmt: skip
-            records, metrics = scored["records"], scored["metrics"]
-            metrics = {"accuracy": metrics["acc"], "acc_norm": metrics.get("acc_norm"), "n_eval": float(metrics["n_eval"])}
-        else:
-            generations = greedy_generate(model, tokenizer, [e.prompt for e in examples], task_cfg.eval.max_new_tokens,
-                                          task_cfg.eval.batch_size, settings.device, **generation_options(task_cfg, settings))  # fmt: skip
-            records = []
-            for example, text in zip(examples, generations):
-                extracted, expected = first_answer_word(task_cfg.benchmark, text), answer_word(example.meta)
-                records.append({"id": example.meta["id"], "generation": text, "extracted": extracted,
-                                "expected": expected, "correct": extracted == expected})  # fmt: skip
-            metrics = {"accuracy": sum(r["correct"] for r in records) / len(records), "n_eval": float(len(records))}
+        benchmarks = suite_benchmarks(task_cfg)
+        if not benchmarks:
+            records, metrics = self._score(model, tokenizer, examples, task_cfg, settings, task_cfg.benchmark)
+            write_records(settings.records_path, records)
+            return {"metrics": metrics, "samples": records[:3]}
+        # A suite: each benchmark scored on its own items (the first ``limit`` of each); ``accuracy`` is their mean.
+        records, metrics = [], {}
+        for benchmark in benchmarks:
+            items = [e for e in examples if e.meta["task"] == benchmark]
+            scored, scores = self._score(model, tokenizer, items, task_cfg, settings, benchmark)
+            records += [{"benchmark": benchmark, **record} for record in scored]
+            metrics[f"accuracy_{benchmark}"] = scores["accuracy"]
+        metrics["accuracy"] = sum(metrics[f"accuracy_{b}"] for b in benchmarks) / len(benchmarks)
+        metrics["n_eval"] = float(len(records))
         write_records(settings.records_path, records)
         return {"metrics": metrics, "samples": records[:3]}
+
+    def _score(self, model, tokenizer, examples: list[Example], task_cfg: Any, settings: EvalSettings,
+               benchmark: str) -> tuple[list[dict], dict]:  # fmt: skip
+        examples = examples[: settings.limit] if settings.limit else examples
+        if task_cfg.eval.protocol == "loglikelihood":
+            work_dir = (settings.records_path.parent if settings.records_path else Path(".")) / "lm_eval"
+            scored = score_multiple_choice(model, tokenizer, benchmark, [e.meta for e in examples], work_dir,
+                                           batch_size=int(task_cfg.eval.batch_size))  # fmt: skip
+            metrics = scored["metrics"]
+            return scored["records"], {"accuracy": metrics["acc"], "acc_norm": metrics.get("acc_norm"),
+                                       "n_eval": float(metrics["n_eval"])}  # fmt: skip
+        generations = greedy_generate(model, tokenizer, [e.prompt for e in examples], task_cfg.eval.max_new_tokens,
+                                      task_cfg.eval.batch_size, settings.device, **generation_options(task_cfg, settings))  # fmt: skip
+        records = []
+        for example, text in zip(examples, generations):
+            extracted, expected = first_answer_word(benchmark, text), answer_word(example.meta)
+            records.append({"id": example.meta["id"], "generation": text, "extracted": extracted,
+                            "expected": expected, "correct": extracted == expected})  # fmt: skip
+        return records, {"accuracy": sum(r["correct"] for r in records) / len(records), "n_eval": float(len(records))}
