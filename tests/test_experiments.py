@@ -158,3 +158,22 @@ def test_multirun_skips_ok_cells_and_reruns_failed_ones(tmp_path):
     third = _multirun(tmp_path, "skip_existing=false", ranks="4")  # forced: the ok cell runs again
     assert third.returncode == 0, third.stderr[-3000:]
     assert sorted(r["status"] for r in _results(tmp_path)) == ["failed", "failed", "ok", "ok"]
+
+
+def test_shipped_real_splits_are_what_make_splits_writes():
+    """The row-id splits of the real comparison regenerate byte for byte from the data (skipped without it)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(os.environ.get("ASTRA_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    if not (root / "qnli" / "dev.tsv").is_file():
+        pytest.skip(f"{root} is not here (set ASTRA_SHARED_DATA)")
+    spec = importlib.util.spec_from_file_location("make_splits", ROOT / "experiments" / "real" / "make_splits.py")
+    make_splits = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_splits)
+    for name, split in (("qnli", make_splits.qnli_split(root / "qnli" / "dev.tsv")),
+                        ("commonsense", make_splits.commonsense_split(root))):  # fmt: skip
+        shipped = json.loads((ROOT / "experiments" / "real" / f"{name}_split.json").read_text())
+        assert shipped == json.loads(json.dumps(split)), name
+    qnli = make_splits.qnli_split(root / "qnli" / "dev.tsv")
+    assert not set(qnli["train"]) & set(qnli["test"]) and not set(qnli["validation"]) & set(qnli["test"])

@@ -5,6 +5,7 @@ test. Ids, not text, are shipped; the text is read from the data files at run ti
 
 QNLI: the 5463 pairs of GLUE's QNLI dev file (sha256 ac19409d...f4fd) shuffled with seed 0: test = the first 1000,
 validation = the next 1000, train = the other 3463 (runs take a prefix of train with task.train_limit).
+Commonsense (the decoder part): see ``commonsense_split``.
 """
 
 from __future__ import annotations
@@ -30,13 +31,45 @@ def qnli_split(path: Path) -> dict:
             "test": order[:1000], "validation": order[1000:2000], "train": order[2000:]}  # fmt: skip
 
 
+TRAIN_FILES = {"arc_e": "ARC-Easy", "arc_c": "ARC-Challenge", "obqa": "openbookqa", "boolq": "boolq"}
+TEST_FILES = {**TRAIN_FILES, "piqa": "piqa", "siqa": "social_i_qa", "winogrande": "winogrande"}
+VALIDATION_PER_BENCHMARK, TEST_PER_BENCHMARK = 100, 200
+
+
+def commonsense_split(root: Path) -> dict:
+    """The decoder part: a training mix of four LLM-Adapters training files (ARC-Easy, ARC-Challenge, OpenBookQA,
+    BoolQ), concatenated in that order. Per file, shuffled with seed 0: the first 100 rows are that benchmark's
+    validation set (``validation_<benchmark>``: ids into its train.json); the rest are training rows, interleaved
+    round-robin across the four files (``train``: ids into the concatenation) so any prefix (task.train_limit) is
+    balanced, up to the smallest file's share. Test subsets: the first 200 of each test file shuffled with seed 0
+    (``test_<benchmark>``), PIQA, SIQA and WinoGrande included (scored zero-shot: not in the training mix)."""
+    rng = random.Random(0)
+    split: dict = {"seed": 0, "train_files": [f"{folder}/train.json" for folder in TRAIN_FILES.values()]}
+    pools, offset = [], 0
+    for benchmark, folder in TRAIN_FILES.items():
+        n_rows = len(json.loads((root / folder / "train.json").read_text(encoding="utf-8")))
+        order = list(range(n_rows))
+        rng.shuffle(order)
+        split[f"validation_{benchmark}"] = order[:VALIDATION_PER_BENCHMARK]
+        pools.append([offset + i for i in order[VALIDATION_PER_BENCHMARK:]])
+        offset += n_rows
+    split["train"] = [pool[k] for k in range(min(map(len, pools))) for pool in pools]
+    for benchmark, folder in TEST_FILES.items():
+        n_rows = len(json.loads((root / folder / "test.json").read_text(encoding="utf-8")))
+        order = list(range(n_rows))
+        rng.shuffle(order)
+        split[f"test_{benchmark}"] = order[:TEST_PER_BENCHMARK]
+    return split
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-root", type=Path, required=True, help="a folder with qnli/dev.tsv")
     args = parser.parse_args()
-    split = qnli_split(args.data_root / "qnli" / "dev.tsv")
-    (HERE / "qnli_split.json").write_text(json.dumps(split) + "\n", encoding="utf-8")
-    print({key: len(value) for key, value in split.items() if isinstance(value, list)})
+    for name, split in (("qnli", qnli_split(args.data_root / "qnli" / "dev.tsv")),
+                        ("commonsense", commonsense_split(args.data_root))):  # fmt: skip
+        (HERE / f"{name}_split.json").write_text(json.dumps(split) + "\n", encoding="utf-8")
+        print(name, {key: len(value) for key, value in split.items() if isinstance(value, list) and key != "train_files"})
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 # multirun, which copy the resolver cache as they do for ${now:}) sees the same value.
 if not OmegaConf.has_resolver("astra_uid"):
     OmegaConf.register_new_resolver("astra_uid", lambda: uuid.uuid4().hex[:8], use_cache=True)
+# ${astra_project:}: the project folder (where conf/ and experiments/ are), so configs can name shipped files such as
+# experiments/real/qnli_split.json whatever the current directory.
+if not OmegaConf.has_resolver("astra_project"):
+    OmegaConf.register_new_resolver("astra_project", lambda: str(Path(__file__).resolve().parents[2]))
 # ${astra_or:${calibration_samples},64}: the run-wide setting when it is set, else the method's own default (an
 # experiment sweeping methods sets calibration_samples once, without giving calibration to methods that have none).
 if not OmegaConf.has_resolver("astra_or"):
