@@ -125,3 +125,12 @@ def test_metrics_against_hand_computed_values():
     assert mnli == {"accuracy_matched": 0.75, "accuracy_mismatched": 0.5, "accuracy": 0.625, "n_eval": 6.0}
     with pytest.raises(ValueError, match="2 predictions for 3 references"):
         compute_glue_metrics("qnli", [0, 1], [0, 1, 1])
+
+
+def test_task_yamls_name_the_hub_splits_of_the_spec():
+    from omegaconf import OmegaConf
+
+    for task, spec in GLUE_TASKS.items():
+        hub = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "task" / f"{task}.yaml").hub
+        assert {split: hub[split].split for split in hub} == dict(spec.hub_splits)
+        assert all(hub[split].path == "nyu-mll/glue" and hub[split].name == task for split in hub)
