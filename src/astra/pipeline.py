@@ -14,10 +14,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from astra.adapter_export import check_export_supported, export_adapter, save_initial_adapter  # noqa: F401 - run.py's steps
+from astra.adapter_layers import lora_layers
 from astra.calibration.identity import calibration_cache_identity
 from astra.checkpointing import PeriodicCheckpoint
 from astra.data.datamodule import TaskDataModule
-from astra.methods.base import InitContext, lora_layers
+from astra.methods.base import InitContext
 from astra.run_resume import remove_checkpoint, resume_checkpoint  # noqa: F401 - run.py's steps
 from astra.tasks.base import EvalSettings
 from astra.training import CausalLMModule, SequenceClassificationModule
@@ -127,6 +128,9 @@ def apply_method(cfg: DictConfig, model: torch.nn.Module, datamodule: TaskDataMo
         check_rank_fits(model, peft_kwargs["target_modules"], peft_kwargs["r"])
         torch.manual_seed(cfg.seed)  # Kaiming init of A and PiSSA's randomized SVD are seeded
         task_type = PEFT_TASK_TYPES[datamodule.family.head]  # SEQ_CLS: the new classifier head trains in full
+        head_modules = cfg.model.get("head_modules")  # e.g. BERT's pooler: trained in full with the classifier
+        if head_modules and task_type == "SEQ_CLS":
+            peft_kwargs["modules_to_save"] = list(head_modules)
         model = get_peft_model(model, LoraConfig(task_type=task_type, **peft_kwargs))
     loader, extra = None, {}
     if method.get("calibration"):
@@ -139,6 +143,7 @@ def apply_method(cfg: DictConfig, model: torch.nn.Module, datamodule: TaskDataMo
         device=device,
         cache_dir=Path(cfg.paths.cache_dir) if cfg.paths.get("cache_dir") else None,
         cache_key=calibration_identity(cfg, loader) if loader is not None else {},
+        moment_spectrum="effective_rank" in (cfg.get("callbacks") or {}),
     )
     if loader is not None:  # launched on N ranks: each calibrates on its share, the sums are all-reduced
         from astra.calibration.distributed import ensure_process_group, shard_loader, world

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from astra.adapter_layers import lora_layers
+
 log = logging.getLogger(__name__)
 
 ACCUMULATION_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -106,8 +108,6 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
 
 def lora_targets(model: nn.Module, adapter: str) -> dict[str, nn.Module]:
     """``{name: peft LoraLayer}`` for every adapted linear layer, checked to be a plain (non-DoRA) ``nn.Linear``."""
-    from astra.methods.base import lora_layers
-
     targets = {}
     for name, layer in lora_layers(model):
         if adapter not in layer.lora_A:

@@ -5,13 +5,15 @@ weight W (d_out x d_in) and output moment C (d_out x d_out, see :mod:`astra.cali
 ``eigh(C)`` ascending, B = the chosen r eigenvectors (``top``: the last r columns, the r largest eigenvalues,
 which paper and code call the "tail"), A = B^T W, and the frozen weight becomes W - s * B @ A, so the model's
 output is unchanged at initialisation. Training afterwards is plain LoRA.
+
+The init reads as the algorithm: statistics (the calibration engine) -> basis (an eigensolver per layer, see
+:mod:`astra.methods.eigensolver_policy`) -> factors -> write into the PEFT layer.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,6 +28,13 @@ from astra.calibration.common import (
     stable_seed,
 )
 from astra.methods.base import InitContext
+from astra.methods.eigensolver_policy import SolverOptions, randomized_bases, solve_chunk, solver_summary
+from astra.methods.eigensolvers import (  # noqa: F401 - random_orthonormal is part of this module's interface
+    eigen_columns,
+    eigen_problem,
+    exact_basis,
+    random_orthonormal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,149 +45,9 @@ SUBSPACES = ("top", "bottom", "middle", "random")
 ZERO_A_RTOL = 1e-4
 
 
-def _eigen_columns(dim: int, rank: int, subspace: str) -> slice:
-    if subspace == "top":
-        return slice(dim - rank, dim)
-    if subspace == "bottom":
-        return slice(0, rank)
-    if subspace == "middle":
-        if dim // 2 + rank > dim:
-            raise ValueError(f"subspace='middle' needs d_out//2 + rank <= d_out, got d_out={dim}, rank={rank}")
-        return slice(dim // 2, dim // 2 + rank)
-    return slice(0, rank)  # random: unused
-
-
-def random_orthonormal(
-    dim: int, rank: int, seed: int, *, dtype: torch.dtype = torch.float64, device: Any = None
-) -> torch.Tensor:
-    """A seeded random dim x rank matrix with orthonormal columns (QR of a float64 Gaussian drawn on CPU)."""
-    generator = torch.Generator().manual_seed(int(seed))
-    gaussian = torch.randn(dim, rank, generator=generator, dtype=torch.float64)
-    q, r = torch.linalg.qr(gaussian)
-    q = q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0)
-    return q.to(dtype=dtype, device=device)
-
-
-def _orthonormalize_from_top(basis: torch.Tensor) -> torch.Tensor:
-    """Re-orthonormalise columns ordered by ascending eigenvalue, keeping the largest-eigenvalue columns fixed first."""
-    q, r = torch.linalg.qr(basis.flip(-1))
-    q = q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(q.dtype)
-    return q.flip(-1)
-
-
-def _psd_factor(moment: torch.Tensor) -> torch.Tensor:
-    """L with L @ L.T = moment (Cholesky; a clipped eigen square root when the moment is singular)."""
-    factor, info = torch.linalg.cholesky_ex(moment)
-    if int(info) == 0:
-        return factor
-    values, vectors = torch.linalg.eigh(moment)
-    return vectors * values.clamp_min(0).sqrt()
-
-
-def _project_out(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    for _ in range(2):  # twice, for orthogonality in finite precision
-        vectors = vectors - basis @ (basis.mT @ vectors)
-    return vectors
-
-
-def _null_vectors(weight, factor, values, vectors, n_positive, count, seed) -> torch.Tensor:
-    """``count`` orthonormal eigenvectors of C = F M F^T for eigenvalue 0, seeded.
-
-    First from range(F)^perp (C's structural null space, where A = B^T W is exactly zero: the expanding-layer case
-    of the bottom arm), then, if more are needed (M singular), from range(F) minus range(F L).
-    """
-    dim, inner_dim = weight.shape
-    gaussian = random_orthonormal(dim, count, seed, dtype=weight.dtype, device=weight.device)
-    structural = min(count, dim - inner_dim)
-    chosen = torch.linalg.qr(_project_out(gaussian[:, :structural], torch.linalg.qr(weight)[0]))[0]
-    if count > structural:
-        keep = slice(inner_dim - n_positive, inner_dim)
-        positive = factor @ vectors[:, keep] / values[keep].sqrt()
-        extra = _project_out(gaussian[:, structural:], torch.cat([positive, chosen], dim=1))
-        chosen = torch.cat([chosen, torch.linalg.qr(extra)[0]], dim=1)
-    return chosen
-
-
-def _symmetric(matrix: torch.Tensor) -> torch.Tensor:
-    return (matrix + matrix.mT) / 2
-
-
-@dataclass
-class _EigenProblem:
-    """The symmetric matrix whose eigendecomposition gives a layer's basis, and what finishing the basis needs.
-
-    ``dense``: the d_out x d_out output moment itself. ``factored`` (C = F M F^T with k < d_out): the k x k Gram
-    G = (F L)^T (F L), M = L L^T; the nonzero eigenpairs of C are (lam, F L V / sqrt(lam)) for G = V diag(lam) V^T.
-    """
-
-    matrix: torch.Tensor
-    weight: torch.Tensor | None = None  # factored: F (d_out x k)
-    factor: torch.Tensor | None = None  # factored: F L (d_out x k)
-
-    @property
-    def size(self) -> int:
-        return self.matrix.shape[-1]
-
-
-def _eigen_problem(moment: torch.Tensor | FactoredMoment, dtype: torch.dtype) -> _EigenProblem:
-    if isinstance(moment, FactoredMoment):
-        if moment.inner.shape[0] < moment.weight.shape[0]:
-            weight = moment.weight.to(dtype)
-            inner = moment.inner.to(device=weight.device, dtype=dtype)
-            factor = weight @ _psd_factor(_symmetric(inner))
-            return _EigenProblem(_symmetric(factor.mT @ factor), weight, factor)
-        moment = moment.dense(dtype)
-    return _EigenProblem(_symmetric(moment.to(dtype)))
-
-
 def eigen_problem_size(moment_rows: int, d_out: int, route: str) -> int:
-    """Size of the eigenproblem for a layer's statistic (``LayerMoment.matrix`` of ``moment_rows`` rows)."""
+    """Size of the exact eigenproblem for a layer's statistic (``LayerMoment.matrix`` of ``moment_rows`` rows)."""
     return moment_rows if route == "input" and moment_rows < d_out else d_out
-
-
-def _eigh_stacked(matrices: list[torch.Tensor], vectors: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """``eigh`` (or ``eigvalsh``) of same-size symmetric matrices in one batched call."""
-    stacked = matrices[0][None] if len(matrices) == 1 else torch.stack(matrices)
-    if vectors:
-        values, vecs = torch.linalg.eigh(stacked)
-        return list(zip(values.unbind(0), vecs.unbind(0)))
-    return [(values, None) for values in torch.linalg.eigvalsh(stacked).unbind(0)]
-
-
-def _finish_basis(problem: _EigenProblem, values, vectors, rank: int, subspace: str, seed: int, dtype):
-    """(B, full ascending d_out spectrum) from the eigenpairs of :func:`_eigen_problem`'s matrix."""
-    if problem.weight is None:
-        dim = problem.size
-        if subspace == "random":
-            return random_orthonormal(dim, rank, seed, dtype=dtype, device=values.device), values
-        return vectors[:, _eigen_columns(dim, rank, subspace)].contiguous(), values
-    return _factored_basis(problem, values, vectors, rank, subspace, seed, dtype)
-
-
-def _factored_basis(problem: _EigenProblem, values, vectors, rank: int, subspace: str, seed: int, dtype):
-    """Eigenvectors of C = F M F^T from the k x k eigenproblem (k < d_out), with the full d_out spectrum.
-
-    The d_out - k eigenvalues outside range(F L) are 0, a degenerate eigenspace in which any orthonormal basis is
-    as valid as the one a dense ``eigh`` would return: seeded vectors are taken from it (see :func:`_null_vectors`).
-    """
-    weight, factor = problem.weight, problem.factor
-    dim, inner_dim = weight.shape
-    values = values.clamp_min(0)
-    spectrum = torch.cat([values.new_zeros(dim - inner_dim), values])
-    if subspace == "random":
-        return random_orthonormal(dim, rank, seed, dtype=dtype, device=weight.device), spectrum
-    columns = range(dim)[_eigen_columns(dim, rank, subspace)]
-    tol = values[-1] * inner_dim * torch.finfo(dtype).eps
-    n_positive = int((values > tol).sum())
-    first_positive = dim - n_positive  # ascending index of the first numerically nonzero eigenvalue
-    wanted = [j - (dim - inner_dim) for j in columns if j >= first_positive]
-    n_null = len(columns) - len(wanted)
-    parts = []
-    if n_null:
-        parts.append(_null_vectors(weight, factor, values, vectors, n_positive, n_null, seed))
-    if wanted:
-        parts.append(factor @ vectors[:, wanted] / values[wanted].sqrt())
-    return _orthonormalize_from_top(torch.cat(parts, dim=1)), spectrum
 
 
 def astra_basis(
@@ -188,15 +57,22 @@ def astra_basis(
     *,
     seed: int = 0,
     dtype: Any = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    solver: SolverOptions | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, eigenvalues): the chosen d_out x rank orthonormal eigenvectors (ascending order, as ``eigh`` returns
-    them) and the moment's full ascending spectrum, in ``dtype``."""
+    them) and the moment's full ascending spectrum, in ``dtype``. With ``solver`` choosing the randomized route
+    (top arm only) the spectrum is None and B spans the converged top-r eigenspace (exact when it did not converge
+    and ``solver.on_unconverged='exact'``)."""
     dtype = resolve_dtype(dtype)
     if subspace not in SUBSPACES:
         raise ValueError(f"subspace={subspace!r} is not one of {SUBSPACES}")
-    problem = _eigen_problem(moment, dtype)
-    [(values, vectors)] = _eigh_stacked([problem.matrix], vectors=subspace != "random")
-    return _finish_basis(problem, values, vectors, rank, subspace, seed, dtype)
+    solver = solver or SolverOptions()
+    problem = eigen_problem(moment, dtype, form_gram=False)
+    if solver.choose(subspace, rank, problem.size) == "randomized":
+        [(basis, check)] = randomized_bases([problem], rank, solver, seed)
+        if check["converged"] or solver.on_unconverged == "warn":
+            return basis, None
+    return exact_basis(problem, rank, subspace, seed, dtype)
 
 
 def _validate(weight: torch.Tensor, moment: Any, rank: int, subspace: str) -> None:
@@ -209,7 +85,7 @@ def _validate(weight: torch.Tensor, moment: Any, rank: int, subspace: str) -> No
         raise ValueError(f"rank={rank!r} must be an integer between 1 and min(d_out, d_in)={min(d_out, d_in)}")
     if tuple(moment.shape) != (d_out, d_out):
         raise ValueError(f"moment must be d_out x d_out = {d_out}x{d_out}, got {tuple(moment.shape)}")
-    _eigen_columns(d_out, rank, subspace)
+    eigen_columns(d_out, rank, subspace)
 
 
 def _factors_from_basis(weight, basis, scaling, dtype, factor_dtype):
@@ -223,13 +99,6 @@ def _factors_from_basis(weight, basis, scaling, dtype, factor_dtype):
     return lora_a, lora_b, residual
 
 
-def _factors_and_spectrum(weight, moment, rank, scaling, subspace, seed, dtype, factor_dtype):
-    _validate(weight, moment, rank, subspace)
-    dtype = resolve_dtype(dtype)
-    basis, spectrum = astra_basis(moment, rank, subspace, seed=seed, dtype=dtype)
-    return (*_factors_from_basis(weight, basis, scaling, dtype, factor_dtype), spectrum)
-
-
 def astra_factors(
     weight: torch.Tensor,
     moment: torch.Tensor | FactoredMoment,
@@ -240,6 +109,7 @@ def astra_factors(
     seed: int = 0,
     dtype: Any = torch.float32,
     factor_dtype: torch.dtype | None = None,
+    solver: SolverOptions | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Astra's factors for one layer: ``(A, B, residual)``.
 
@@ -247,12 +117,13 @@ def astra_factors(
     residual = W - scaling * B @ A. ``moment`` is the d_out x d_out output moment or a :class:`FactoredMoment`
     (C = F M F^T, solved as a k x k problem when k < d_out). Maths in ``dtype`` (float32/float64); A and B in
     ``factor_dtype`` (default: the weight's dtype), the residual in the weight's dtype. ``seed`` drives the
-    ``random`` arm (and the choice of basis inside an exactly-zero eigenspace of a factored moment).
+    ``random`` arm (and the choice of basis inside an exactly-zero eigenspace of a factored moment). ``solver``:
+    which eigensolver (:class:`SolverOptions`; default exact ``eigh``).
     """
-    lora_a, lora_b, residual, _ = _factors_and_spectrum(
-        weight, moment, rank, scaling, subspace, seed, dtype, factor_dtype
-    )
-    return lora_a, lora_b, residual
+    _validate(weight, moment, rank, subspace)
+    dtype = resolve_dtype(dtype)
+    basis, _ = astra_basis(moment, rank, subspace, seed=seed, dtype=dtype, solver=solver)
+    return _factors_from_basis(weight, basis, scaling, dtype, factor_dtype)
 
 
 @torch.no_grad()
@@ -283,6 +154,23 @@ def _eigh_batch_size(requested: int | None, size: int, dtype: torch.dtype, devic
     return max(1, min(pending, 64, int(0.5 * free) // per_problem))
 
 
+
+
+def _group_layers(targets, bases, stats, adapter, subspace, solver):
+    """Layers grouped for batched solves: (solver, eigenproblem shape, rank, device) -> names, in model order."""
+    groups: dict[tuple, list[str]] = {}
+    for name, layer in targets.items():
+        stat, weight = stats[name], bases[name].weight
+        rank, (d_out, rows) = layer.r[adapter], (weight.shape[0], stat.matrix.shape[0])
+        size = eigen_problem_size(rows, d_out, stat.route)
+        kind = solver.choose(subspace, rank, size)
+        factored = stat.route == "input" and rows < d_out
+        key = (kind, size, d_out if kind == "randomized" else None, factored if kind == "randomized" else None,
+               rank if kind == "randomized" else None, weight.device)  # fmt: skip
+        groups.setdefault(key, []).append(name)
+    return groups
+
+
 def init_astra(
     model: nn.Module,
     calibration_loader: torch.utils.data.DataLoader | None,
@@ -298,108 +186,90 @@ def init_astra(
     layers_per_pass: int | None = None,
     offload_to_cpu: bool = False,
     eigh_batch: int | None = None,
+    eigensolver: str = "exact",
+    oversample: int = 16,
+    n_iter: int = 4,
+    tolerance: float = 1e-3,
+    on_unconverged: str = "exact",
+    spectrum: str = "auto",
     cache: bool = True,
     n_samples: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Initialise every PEFT LoRA layer of ``model`` with Astra (in place); returns the init report.
 
-    The report's ``_moment_eigenvalues`` maps each layer to its moment's full ascending spectrum (d_out values, CPU
-    float32, clamped at 0). Options: see ``conf/method/astra.yaml``; ``n_samples`` (passed by run.py) is checked
-    against the calibration loader. Eigenproblems of equal size on one device are solved in stacked ``eigh``
-    calls of ``eigh_batch`` matrices (None: by free memory on CUDA, one at a time on CPU).
+    The report's ``_moment_eigenvalues`` maps layers to their moment's full ascending spectrum (d_out values, CPU
+    float32, clamped at 0): always for exactly solved layers (it comes with ``eigh``); for randomized ones only when
+    ``spectrum='always'``, or ``'auto'`` and the telemetry asks (``context.moment_spectrum``), by ``eigvalsh``.
+    ``eigen`` reports per layer the solver used and its checks (``gap`` = lam_r / lam_{r+1}; randomized also
+    ``residual`` and ``angle_bound``). Options: see ``conf/method/astra.yaml``; ``n_samples`` (passed by run.py) is
+    checked against the calibration loader. Eigenproblems of equal shape on one device are solved in stacked
+    calls of ``eigh_batch`` problems (None: by free memory on CUDA, one at a time on CPU).
     """
     if subspace not in SUBSPACES:
         raise ValueError(f"subspace={subspace!r} is not one of {SUBSPACES}")
+    if spectrum not in ("auto", "always", "never"):
+        raise ValueError(f"spectrum={spectrum!r} is not one of ('auto', 'always', 'never')")
+    solver = SolverOptions(eigensolver, oversample, n_iter, tolerance, on_unconverged)
+    want_spectrum = spectrum == "always" or (spectrum == "auto" and bool(getattr(context, "moment_spectrum", False)))
     check_calibration_size(calibration_loader, n_samples, "astra")
-    options = MomentOptions(
-        normalize=normalize,
-        center=center,
-        mask_padding=mask_padding,
-        dtype=dtype,
-        route=route,
-        share_inputs=share_inputs,
-    )
+    options = MomentOptions(normalize=normalize, center=center, mask_padding=mask_padding, dtype=dtype, route=route,
+                            share_inputs=share_inputs)  # fmt: skip
     adapter = context.adapter_name
     targets = lora_targets(model, adapter)
     bases = {name: layer.get_base_layer() for name, layer in targets.items()}
-    for name, layer in targets.items():  # shape errors before calibration
+    for name, layer in targets.items():  # shape and solver errors before calibration
         d_out = bases[name].weight.shape[0]
         _validate(bases[name].weight, torch.empty(d_out, d_out, device="meta"), layer.r[adapter], subspace)
-    result = collect_output_moments(
-        model,
-        calibration_loader,
-        bases,
-        options,
-        layers_per_pass=layers_per_pass,
-        offload_to_cpu=offload_to_cpu,
-        cache=cache,
-        context=context,
-        n_samples=n_samples,
-        progress=progress,
-    )
+        solver.choose(subspace, layer.r[adapter], d_out)
+    result = collect_output_moments(model, calibration_loader, bases, options, layers_per_pass=layers_per_pass,
+                                    offload_to_cpu=offload_to_cpu, cache=cache, context=context, n_samples=n_samples,
+                                    progress=progress)  # fmt: skip
     start = time.perf_counter()
     routes = {"output": 0, "input": 0}
-    # Same-size eigenproblems on one device, in model order within each group.
-    groups: dict[tuple[int, torch.device], list[str]] = {}
     for name in targets:
-        stat, weight = result.stats[name], bases[name].weight
-        routes[stat.route] += 1
-        size = eigen_problem_size(stat.matrix.shape[0], weight.shape[0], stat.route)
-        groups.setdefault((size, weight.device), []).append(name)
+        routes[result.stats[name].route] += 1
+    groups = _group_layers(targets, bases, result.stats, adapter, subspace, solver)
     spectra: dict[str, torch.Tensor] = {}
+    checks: dict[str, dict] = {}
     norms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     n_calls = 0
-    for (size, device), names in groups.items():
+    for (kind, size, *_, device), names in groups.items():
         done = 0
         while done < len(names):
             count = _eigh_batch_size(eigh_batch, size, options.dtype, device, len(names) - done)
             chunk, done = names[done : done + count], done + count
             problems = []
             for name in chunk:
-                base = bases[name]
-                stat = result.stats.pop(name)
+                base, stat = bases[name], result.stats.pop(name)
                 stat.matrix = stat.matrix.to(base.weight.device)
-                problems.append(_eigen_problem(stat.for_layer(base.weight, base.bias), options.dtype))
+                problems.append(eigen_problem(stat.for_layer(base.weight, base.bias), options.dtype, form_gram=False))
                 del stat
-            solved = _eigh_stacked([p.matrix for p in problems], vectors=subspace != "random")
+            ranks = [targets[name].r[adapter] for name in chunk]
+            seeds = [stable_seed(context.seed, name) for name in chunk]
+            solved = solve_chunk(kind, problems, ranks, subspace, seeds, solver, options.dtype, want_spectrum)
             n_calls += 1
-            for name, problem, (values, vectors) in zip(chunk, problems, solved):
+            for name, (basis, layer_spectrum, layer_checks) in zip(chunk, solved):
                 layer, base = targets[name], bases[name]
-                basis, spectrum = _finish_basis(
-                    problem,
-                    values,
-                    vectors,
-                    layer.r[adapter],
-                    subspace,
-                    stable_seed(context.seed, name),
-                    options.dtype,
-                )
                 lora_a, lora_b, residual = _factors_from_basis(
                     base.weight, basis, layer.scaling[adapter], options.dtype, layer.lora_A[adapter].weight.dtype
                 )
                 norms[name] = (lora_a.float().norm(), base.weight.detach().float().norm())
                 write_adapter(layer, adapter, lora_a, lora_b, residual)
-                spectra[name] = spectrum.detach().clamp_min(0).to(torch.float32)  # PSD: negatives are rounding
+                checks[name] = layer_checks
+                if layer_spectrum is not None:
+                    spectra[name] = layer_spectrum.detach().clamp_min(0).to(torch.float32)  # PSD: negatives are rounding
             del problems, solved
-    # Host reads once at the end, not per layer.
-    by_shape: dict[tuple, list[str]] = {}
-    for name in targets:
-        by_shape.setdefault((spectra[name].shape[0], spectra[name].device), []).append(name)
-    on_host = {}
-    for names in by_shape.values():
-        on_host.update(zip(names, torch.stack([spectra.pop(name) for name in names]).cpu().unbind(0)))
-    eigenvalues = {name: on_host[name] for name in targets}
+    eigenvalues = _spectra_to_host(spectra, [name for name in targets if name in spectra])
     flat = scalars_to_host([value for name in targets for value in norms[name]])
     zero_a = [name for index, name in enumerate(targets) if flat[2 * index] <= ZERO_A_RTOL * flat[2 * index + 1]]
     if zero_a:
         log.warning(
             "Astra subspace=%r: A = B^T W is zero for %d layer(s) (expanding layers, d_out > d_in: the chosen "
             "eigenvectors have eigenvalue 0 and lie outside the range of W), so their adapters start inert: %s",
-            subspace,
-            len(zero_a),
-            ", ".join(zero_a),
-        )
+            subspace, len(zero_a), ", ".join(zero_a),
+        )  # fmt: skip
+    solvers = solver_summary(checks, solver)
     return {
         "method": "astra",
         "subspace": subspace,
@@ -410,8 +280,28 @@ def init_astra(
         "n_layers": len(targets),
         "routes": routes,
         "eigh_calls": n_calls,
+        "eigensolver": solvers,
+        "eigen": checks,
+        "spectrum": {  # where each layer's moment eigenvalues (telemetry's moment effective rank) came from
+            "eigh": sum(c["solver"] != "randomized" for c in checks.values()),
+            "eigvalsh": sum(c["solver"] == "randomized" and name in eigenvalues for name, c in checks.items()),
+            "none": sum(name not in eigenvalues for name in targets),
+        },
         "zero_A_layers": zero_a,
         **result.report(),
         "init_seconds": round(time.perf_counter() - start, 3),
         "_moment_eigenvalues": eigenvalues,
     }
+
+
+def _spectra_to_host(spectra: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+    """Host reads once per spectrum size and device, not per layer."""
+    by_shape: dict[tuple, list[str]] = {}
+    for name in names:
+        by_shape.setdefault((spectra[name].shape[0], spectra[name].device), []).append(name)
+    on_host = {}
+    for group in by_shape.values():
+        on_host.update(zip(group, torch.stack([spectra.pop(name) for name in group]).cpu().unbind(0)))
+    return {name: on_host[name] for name in names}
+
+

@@ -17,7 +17,7 @@ keys starting with ``_``, which are not written to the result file).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-ADAPTER = "default"
+from astra.adapter_layers import ADAPTER, lora_layers  # noqa: F401 - re-exported for methods and tests
 
 
 @dataclass
@@ -41,18 +41,12 @@ class InitContext:
     # Engines add their own statistics options before hashing it.
     cache_key: dict[str, Any] = field(default_factory=dict)
     adapter_name: str = ADAPTER
+    # Whether the telemetry wants each layer's moment spectrum (the effective_rank callback logs its effective
+    # rank); an init that would compute it only for that (Astra's randomized eigensolver) skips it otherwise.
+    moment_spectrum: bool = False
 
 
 InitFn = Callable[[nn.Module, torch.utils.data.DataLoader | None, InitContext], dict]
-
-
-def lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """Yield ``(qualified_name, peft LoraLayer)`` for every adapted linear layer, in model order."""
-    from peft.tuners.lora import LoraLayer
-
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and hasattr(module, "base_layer"):
-            yield name, module
 
 
 def keep_peft_init(model: nn.Module, calibration_loader, context: InitContext) -> dict:

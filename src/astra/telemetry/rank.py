@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from astra.adapter_layers import ADAPTER, lora_layers
 from astra.effective_rank import (
     dense_singular_values,
     effective_rank,
@@ -18,7 +19,6 @@ from astra.effective_rank import (
     spectrum_from_eigenvalues,
     stable_rank,
 )
-from astra.methods.base import ADAPTER, lora_layers
 from astra.telemetry.base import BufferedMetricsCallback
 from astra.telemetry.naming import module_type, order_types, short_layer_name
 
