@@ -63,6 +63,8 @@ def test_every_method_on_encoders(tmp_path, model_name, method):
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
         assert any("classifier" in name for name in trainable) and any("lora_A" in name for name in trainable)
         assert not any("pooler" in name and "lora" in name for name in trainable)
+        pooler = {name for name in trainable if "pooler" in name}  # model.head_modules: the pooler trains with the head
+        assert pooler and all("modules_to_save" in name for name in pooler), sorted(pooler)
     module = pipeline.build_module(cfg, model, torch.device("cpu"), datamodule.family.head)
     assert isinstance(module, SequenceClassificationModule)
     trainer = pipeline.build_trainer(cfg, torch.device("cpu"), [], [], tmp_path / "run")
