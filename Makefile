@@ -33,10 +33,11 @@ run:  ## one run: make run ARGS="method=astra task=gsm8k"
 tokenizer:  ## rebuild the tiny model's BPE tokenizer from the shipped sample
 	$(BIN)/python -m astra.data.build_tokenizer
 
-bench:  ## run the benchmarks (tables printed, JSON under experiments/bench/results/; ~20 min on 2 CPU cores)
+bench:  ## run the benchmarks (tables printed, JSON under experiments/bench/results/; ~25 min on 2 CPU cores)
 	$(BIN)/python experiments/bench/step_overhead.py
 	$(BIN)/python experiments/bench/telemetry_cost.py
 	$(BIN)/python experiments/bench/init_cost.py
+	$(BIN)/python experiments/bench/init_scaling.py
 	$(BIN)/python experiments/bench/eval_cost.py
 
 paper:  ## tables and figures from experiments/results into experiments/paper (ARGS="--filter experiment=nlg_math")

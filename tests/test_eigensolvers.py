@@ -196,3 +196,11 @@ def test_calibration_and_telemetry_never_import_methods(package):
     for path in sorted((SRC / package).glob("*.py")):
         upward = {name for name in imported_modules(path) if name.startswith("astra.methods")}
         assert not upward, f"{path.relative_to(SRC)} imports {sorted(upward)}"
+
+
+def test_randomized_stops_once_converged():
+    moment = moment_with_spectrum(gapped_spectrum(80, 4, 10.0), seed=6)
+    early = randomized_top_eigh(moment, 4, oversample=8, n_iter=16, tolerance=1e-6, check_every=2, seed=0)
+    assert early.iterations < 16 and float(early.angle_bound[0]) <= 1e-6
+    assert largest_principal_angle(early.vectors[0], exact_top(moment, 4)) < 1e-6
+    assert randomized_top_eigh(moment, 4, oversample=8, n_iter=16, seed=0).iterations == 16  # no tolerance: all

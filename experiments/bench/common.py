@@ -56,6 +56,18 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def spread(values: list[float], scale: float = 1.0) -> str:
+    """``min / median / max`` of a side's timings (times ``scale``), for the printed tables."""
+    if not values:
+        return ""
+    return "/".join(f"{scale * v:.4g}" for v in (min(values), statistics.median(values), max(values)))
+
+
+def spreads_overlap(a: list[float], b: list[float]) -> bool:
+    """Whether two sides' [min, max] ranges overlap: their difference is then within the machine's noise."""
+    return bool(a and b) and min(a) <= max(b) and min(b) <= max(a)
+
+
 def environment(device: torch.device) -> dict:
     info = {"device": str(device), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     if device.type == "cuda":

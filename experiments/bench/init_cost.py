@@ -62,6 +62,8 @@ from common import (  # noqa: E402
     environment,
     median,
     print_table,
+    spread,
+    spreads_overlap,
     synchronize,
     synthetic_batch,
     write_json,
@@ -73,7 +75,10 @@ from astra.methods.astra import write_adapter  # noqa: E402
 from astra.methods.base import InitContext  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "method"
-METHODS = ("lora", "dora", "pissa", "lora_ga", "astra", "reference")
+METHODS = ("lora", "dora", "pissa", "lora_ga", "astra", "astra_auto", "reference")
+# Arms that are a method YAML with init options changed: astra_auto is Astra with method.init.eigensolver=auto
+# (randomized top-r eigenvectors where r + oversample <= size / 4, with exact fallback for unconverged layers).
+VARIANTS = {"astra_auto": ("astra", {"eigensolver": "auto"})}
 DEFAULTS = {  # samples, tokens, rank
     "tiny": (16, 128, 16),
     "llama100m": (16, 128, 16),
@@ -125,9 +130,12 @@ def calibration_rows(shape: str, n: int, seq_len: int) -> list[dict]:
 
 
 def method_config(name: str, rank: int):
-    """conf/method/<name>.yaml with rank, alpha (= rank) and the target modules filled in."""
+    """conf/method/<name>.yaml (or a VARIANTS arm) with rank, alpha (= rank) and the target modules filled in."""
+    base, init_overrides = VARIANTS.get(name, (name, {}))
     root = OmegaConf.create({"rank": rank, "alpha": rank, "model": {"target_modules": TARGETS}})
-    root.method = OmegaConf.load(CONF / f"{name}.yaml")
+    root.method = OmegaConf.load(CONF / f"{base}.yaml")
+    for key, value in init_overrides.items():
+        root.method.init[key] = value
     return root.method
 
 
@@ -153,7 +161,13 @@ def run_init(name: str, base, rows: list[dict], size: dict, device: torch.device
         report = init_fn(model, loader, InitContext(seed=SEED, device=device), n_samples=n, progress=False)
     else:
         hydra.utils.instantiate(cfg.init)(model, None, InitContext(seed=SEED, device=device))
-    return {key: value for key, value in report.items() if key in ("calibration_seconds", "init_seconds")}
+    kept = {key: value for key, value in report.items() if key in ("calibration_seconds", "init_seconds")}
+    if "eigensolver" in report:
+        solvers = report["eigensolver"]
+        kept["solvers"] = {key: solvers.get(key) for key in ("exact", "randomized", "unconverged_layers")}
+        kept["solvers"]["unconverged_layers"] = len(kept["solvers"]["unconverged_layers"] or [])
+        kept["solvers"].update({key: solvers[key] for key in ("max_angle_bound", "min_gap") if key in solvers})
+    return kept
 
 
 # --------------------------------------------------------------------------------------------- the reference
@@ -270,6 +284,8 @@ def calibration_ratio(base, rows: list[dict], size: dict, rounds: int, device: t
     row = {arm: median(values) for arm, values in times.items()}
     row.update({key: median(values) for key, values in per_round.items()})
     row["routes"] = routes
+    row["ratio_spread"] = spread(per_round["ratio"])
+    row["calib_overlaps_fwd"] = spreads_overlap(times["astra_calib"], times["fwd"])
     row["rounds"] = {"seconds": times, **per_round}
     return row
 
@@ -368,6 +384,14 @@ def measure(shape: str, args, device: torch.device) -> tuple[list[dict], dict]:
             row["peak_MB"] = memory[name]["peak_bytes"] / 2**20
             row["worker_s"] = memory[name]["seconds"]
         row["times"] = times[name]
+        row["init_spread"] = spread(times[name])
+        post = [r["init_seconds"] for r in reports[name] if "init_seconds" in r]
+        if post:
+            row["post_calib_times"] = post
+            row["post_spread"] = spread(post)
+        solvers = [r["solvers"] for r in (reports[name] or worker_report) if "solvers" in r]
+        if solvers:
+            row["solvers"] = solvers[-1]
         rows_out.append(row)
     by_name = {row["method"]: row for row in rows_out}
     if "pissa" in by_name:
@@ -376,6 +400,11 @@ def measure(shape: str, args, device: torch.device) -> tuple[list[dict], dict]:
                 pairs = list(zip(times[name], times["pissa"]))  # per-round ratios when interleaved
                 ratios = [a / p for a, p in pairs] or [by_name[name]["init_s"] / by_name["pissa"]["init_s"]]
                 by_name[name]["vs_pissa"] = median(ratios)
+    for name in ("astra", "astra_auto"):  # the issue-12 target: Astra after calibration at most PiSSA's whole init
+        if name in by_name and "pissa" in by_name and by_name[name].get("post_calib_times"):
+            post, pissa = by_name[name]["post_calib_times"], times["pissa"]
+            by_name[name]["post_vs_pissa"] = median([a / p for a, p in zip(post, pissa)])
+            by_name[name]["post_overlaps_pissa"] = spreads_overlap(post, pissa)
     if "astra" in by_name and "reference" in by_name and by_name["reference"]["init_s"] is not None:
         by_name["reference"]["vs_astra"] = by_name["reference"]["init_s"] / by_name["astra"]["init_s"]
     ratio["sizes"] = size
@@ -417,10 +446,16 @@ def main() -> None:
         init_rows += rows
         ratio_rows.append(ratio)
     print()
-    print("Init cost (median over interleaved rounds; peak memory from a fresh process per method)")
+    print("Init cost (median over interleaved rounds; min/median/max in seconds; peak memory from a fresh process per")
+    print("method; post_vs_pissa: Astra's time after calibration over PiSSA's whole init, per-round median)")
     print_table(
-        init_rows, ["model", "method", "init_s", "calib_s", "post_calib_s", "vs_pissa", "vs_astra", "peak_MB", "rounds"]
-    )
+        init_rows,
+        ["model", "method", "init_s", "init_spread", "calib_s", "post_calib_s", "post_spread", "vs_pissa",
+         "post_vs_pissa", "post_overlaps_pissa", "vs_astra", "peak_MB", "rounds"],
+    )  # fmt: skip
+    for row in init_rows:
+        if row.get("solvers"):
+            print(f"  {row['model']} {row['method']} solvers: {row['solvers']}")
     print()
     print("Astra calibration pass / plain forward over the same batches (target <= 1.5)")
     print_table(
@@ -433,6 +468,8 @@ def main() -> None:
             "fwd_full",
             "astra_calib",
             "ratio",
+            "ratio_spread",
+            "calib_overlaps_fwd",
             "ratio_full",
             "unshared_calib",
             "ratio_unshared",

@@ -188,7 +188,7 @@ def init_astra(
     eigh_batch: int | None = None,
     eigensolver: str = "exact",
     oversample: int = 16,
-    n_iter: int = 4,
+    n_iter: int = 16,
     tolerance: float = 1e-3,
     on_unconverged: str = "exact",
     spectrum: str = "auto",

@@ -33,7 +33,7 @@ ON_UNCONVERGED = ("exact", "warn")
 class SolverOptions:
     eigensolver: str = "exact"
     oversample: int = 16  # extra columns in the random block (l = r + oversample)
-    n_iter: int = 4  # power iterations (each one multiplies the block by C and re-orthonormalises it)
+    n_iter: int = 16  # at most this many power iterations (PiSSA's pissa_niter_16 runs 16); stops when converged
     tolerance: float = 1e-3  # largest accepted estimate of the sine of the principal angle to the exact subspace
     on_unconverged: str = "exact"
 
@@ -72,7 +72,8 @@ def randomized_bases(
     operator = torch.stack([p.weight if factored else p.matrix for p in problems])
     inner = torch.stack([p.inner for p in problems]) if factored else None
     top = randomized_top_eigh(
-        operator, rank, inner=inner, oversample=solver.oversample, n_iter=solver.n_iter, seed=seed
+        operator, rank, inner=inner, oversample=solver.oversample, n_iter=solver.n_iter, seed=seed,
+        tolerance=solver.tolerance,
     )
     del operator, inner
     checks = torch.stack([top.residual, top.gap, top.angle_bound]).double().cpu().tolist()  # one host read
@@ -80,7 +81,7 @@ def randomized_bases(
     for index, vectors in enumerate(top.vectors.unbind(0)):
         residual, gap, angle = (checks[row][index] for row in range(3))
         out.append((vectors, {"solver": "randomized", "residual": residual, "gap": gap, "angle_bound": angle,
-                              "converged": angle <= solver.tolerance}))  # fmt: skip
+                              "iterations": top.iterations, "converged": angle <= solver.tolerance}))  # fmt: skip
     return out
 
 

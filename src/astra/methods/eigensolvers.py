@@ -204,6 +204,7 @@ class TopEigenpairs:
     residual: torch.Tensor  # b
     gap: torch.Tensor  # b
     angle_bound: torch.Tensor  # b
+    iterations: int = 0  # power iterations run (fewer than n_iter when every problem converged earlier)
 
 
 def _apply(operator: torch.Tensor, inner: torch.Tensor | None, block: torch.Tensor) -> torch.Tensor:
@@ -222,14 +223,18 @@ def randomized_top_eigh(
     oversample: int = 16,
     n_iter: int = 4,
     seed: int = 0,
+    tolerance: float | None = None,
+    check_every: int = 1,
 ) -> TopEigenpairs:
     """The ``rank`` largest eigenpairs of PSD matrices by randomized subspace iteration (Halko, Martinsson and
     Tropp 2011, Alg. 4.4, with a Rayleigh-Ritz step).
 
     ``operator``: b x d x d symmetric moments C, or (with ``inner`` M, b x k x k) factors F with C = F M F^T, so C
     is never formed. A seeded Gaussian block of ``rank + oversample`` columns is multiplied by C and
-    re-orthonormalised ``n_iter`` times; the eigenpairs of the projected (rank + oversample)^2 matrix give the Ritz
-    pairs. Maths in the operator's dtype (float32 or float64). The subspace error shrinks like
+    re-orthonormalised up to ``n_iter`` times; the eigenpairs of the projected (rank + oversample)^2 matrix give the
+    Ritz pairs. With ``tolerance``, the Ritz pairs are checked every ``check_every`` iterations (a check reuses
+    the product the next iteration needs, and costs l^2 d against the d^2 l of an iteration) and the iteration
+    stops once every problem's ``angle_bound`` is within it. Maths in the operator's dtype (float32 or float64). The subspace error shrinks like
     (lam_{l+1} / lam_r)^(2 n_iter + 1), l = rank + oversample, so a spectrum with a gap after the r-th eigenvalue
     converges in a few iterations; the returned ``angle_bound`` says per problem whether it did.
     """
@@ -239,21 +244,35 @@ def randomized_top_eigh(
     batch, dim = operator.shape[0], operator.shape[1]
     if not 1 <= rank <= dim:
         raise ValueError(f"rank={rank} must be between 1 and the matrix size {dim}")
-    if oversample < 1 or n_iter < 0:
-        raise ValueError(f"oversample={oversample} must be >= 1 and n_iter={n_iter} >= 0")
+    if oversample < 1 or n_iter < 0 or check_every < 1:
+        raise ValueError(f"oversample={oversample} and check_every={check_every} must be >= 1, n_iter={n_iter} >= 0")
     width = min(dim, rank + oversample)
     generator = torch.Generator().manual_seed(int(seed))
     sketch = torch.randn(batch, dim, width, generator=generator, dtype=torch.float64)
     block = torch.linalg.qr(_apply(operator, inner, sketch.to(operator.device, operator.dtype)))[0]
-    for _ in range(n_iter):
-        block = torch.linalg.qr(_apply(operator, inner, block))[0]
-    image = _apply(operator, inner, block)
+    done = 0
+    while True:
+        image = _apply(operator, inner, block)
+        result = _rayleigh_ritz(block, image, rank)
+        result.iterations = done
+        if done >= n_iter or (tolerance is not None and bool((result.angle_bound <= tolerance).all())):
+            return result
+        steps = min(check_every if tolerance is not None else n_iter, n_iter - done)
+        block = torch.linalg.qr(image)[0]  # image = C @ block: the first of these power steps, already paid for
+        for _ in range(steps - 1):
+            block = torch.linalg.qr(_apply(operator, inner, block))[0]
+        done += steps
+
+
+def _rayleigh_ritz(block: torch.Tensor, image: torch.Tensor, rank: int) -> TopEigenpairs:
+    """The top ``rank`` Ritz pairs of C on span(block) (orthonormal, b x d x l; image = C @ block), with checks."""
+    width = block.shape[-1]
     ritz_values, ritz_vectors = torch.linalg.eigh(symmetric(block.mT @ image))  # ascending, b x width
     top = ritz_vectors[..., width - rank :]
     values = ritz_values[..., width - rank :]
     vectors = block @ top
     residual_vectors = image @ top - vectors * values[:, None, :]
-    tiny = torch.finfo(operator.dtype).tiny
+    tiny = torch.finfo(block.dtype).tiny
     scale = values[..., -1].abs().clamp_min(tiny)
     residual = torch.linalg.vector_norm(residual_vectors, dim=1).amax(dim=-1) / scale
     # The largest Ritz value left out estimates lam_{r+1} (from below: the bound is an estimate, not a guarantee).
