@@ -260,6 +260,9 @@ def init_astra(
                 if layer_spectrum is not None:
                     spectra[name] = layer_spectrum.detach().clamp_min(0).to(torch.float32)  # PSD: negatives are rounding
             del problems, solved
+    exact_gaps = [name for name in targets if isinstance(checks[name].get("gap"), torch.Tensor)]
+    for name, gap in zip(exact_gaps, scalars_to_host([checks[name]["gap"] for name in exact_gaps])):
+        checks[name]["gap"] = gap
     eigenvalues = _spectra_to_host(spectra, [name for name in targets if name in spectra])
     flat = scalars_to_host([value for name in targets for value in norms[name]])
     zero_a = [name for index, name in enumerate(targets) if flat[2 * index] <= ZERO_A_RTOL * flat[2 * index + 1]]

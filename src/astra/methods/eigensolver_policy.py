@@ -96,7 +96,8 @@ def solve_chunk(kind: str, problems: list[EigenProblem], ranks: list[int], subsp
             basis, spectrum = finish_basis(problem, values, vectors, rank, subspace, seed, dtype)
             checks = {"solver": "exact"}
             if subspace == "top" and rank < spectrum.shape[0]:
-                checks["gap"] = float(spectrum[-rank] / spectrum[-rank - 1].clamp_min(torch.finfo(dtype).tiny))
+                # a 0-dim tensor: init_astra reads every layer's gap to the host at once, not one sync per layer
+                checks["gap"] = spectrum[-rank] / spectrum[-rank - 1].clamp_min(torch.finfo(dtype).tiny)
             out.append((basis, spectrum, checks))
         return out
     out = []
