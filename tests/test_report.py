@@ -163,3 +163,27 @@ def test_a_suite_result_is_a_column_per_benchmark(tmp_path):
     (table,) = build_tables(load_results(tmp_path / "results"))
     assert table.tasks == ["arc_e", "piqa"]
     assert "| astra | 0.04M (4.00%) | **50.0** | **100.0** | **75.0** |" in table_markdown(table)
+
+
+def test_suite_forgetting_is_one_column_per_row_and_untrained_shows_no_rate(tmp_path):
+    folder = tmp_path / "results" / "fx"
+    folder.mkdir(parents=True)
+    runs = []
+    for seed, forgetting in ((1, 0.10), (2, 0.30)):  # one figure per training run: +0.200 ± 0.141, never per benchmark
+        suite = result("lora", "arc_e", seed, 0.5, items={"ids": ["arc_e-1", "piqa-1"], "correct": [1, 0]})
+        suite["task"] = "commonsense_suite"
+        suite["config"]["task"] = {"name": "commonsense_suite", "family": "commonsense", "benchmarks": ["arc_e", "piqa"],
+                                   "eval": {"primary_metric": "accuracy"}}  # fmt: skip
+        suite["metrics"] = {"accuracy": 0.5, "accuracy_arc_e": 1.0, "accuracy_piqa": 0.0, "forgetting": forgetting}
+        runs.append(suite)
+    untrained = json.loads(json.dumps(runs[0]))
+    untrained.update(method="untrained", learning_rate=5e-4)  # its configured rate differs: lr varies in the table
+    untrained["config"]["method"] = {"name": "untrained", "trains": False}
+    untrained["metrics"]["forgetting"] = 0.0
+    for k, item in enumerate([*runs, untrained]):
+        (folder / f"{k}.json").write_text(json.dumps(item))
+    (table,) = build_tables(load_results(tmp_path / "results"))
+    text = table_markdown(table)
+    assert "| avg commonsense | forgetting (nats) |" in text
+    assert "| lora (lr=0.001) | 0.04M (4.00%) | **100.0 ± 0.0** | **0.0 ± 0.0** | **50.0** | +0.200 ± 0.141 |" in text
+    assert "| untrained | 0.04M (4.00%) | **100.0 (n=1)** | **0.0 (n=1)** | **50.0** | +0.000 |" in text

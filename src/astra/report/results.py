@@ -111,7 +111,10 @@ def expand_suites(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             value = (result.get("metrics") or {}).get(f"accuracy_{benchmark}")
             keep = [k for k, item in enumerate(items["ids"]) if str(item).startswith(f"{benchmark}-")]
             task = {**result["config"]["task"], "name": benchmark, "eval": {"primary_metric": "accuracy"}}
-            out.append({**result, "task": benchmark, "metrics": {} if value is None else {"accuracy": value},
+            metrics = {} if value is None else {"accuracy": value}
+            if "forgetting" in (result.get("metrics") or {}):  # one figure per training, shown once per row
+                metrics["forgetting"] = result["metrics"]["forgetting"]
+            out.append({**result, "task": benchmark, "metrics": metrics,
                         "config": {**result["config"], "task": task},
                         "items": {"ids": [items["ids"][k] for k in keep], "correct": [items["correct"][k] for k in keep]}})  # fmt: skip
     return out

@@ -37,6 +37,7 @@ class Row:
     total: int | None
     cells: dict[str, Cell] = field(default_factory=dict)
     variant: tuple = ()  # the varying keys' values, for ordering (rank 8 before 16)
+    forgetting: dict[str, float] = field(default_factory=dict)  # run file -> generic-text loss increase (causal LMs)
 
 
 @dataclass
@@ -68,8 +69,10 @@ def score(result: dict[str, Any]) -> float | None:
 
 
 def row_label(result: dict[str, Any], varying: list[str]) -> str:
-    """The method, plus the keys that vary within the table and apply to this result (``astra (subspace=bottom)``)."""
-    values = [(name, lookup(result, VARIANT_KEYS[name])) for name in varying]
+    """The method, plus the keys that vary within the table and apply to this result (``astra (subspace=bottom)``).
+    A method that trains nothing (``untrained``) has no learning rate to show."""
+    trains = lookup(result, "config.method.trains") is not False
+    values = [(name, lookup(result, VARIANT_KEYS[name])) for name in varying if trains or name != "lr"]
     extra = ", ".join(f"{name}={value}" for name, value in values if value is not None)
     return f"{result['method']} ({extra})" if extra else str(result["method"])
 
@@ -105,6 +108,8 @@ def build_table(results: list[dict[str, Any]], title: str) -> Table:
         variant = tuple((isinstance(v, str), "" if v is None else v) for v in (lookup(result, VARIANT_KEYS[k]) for k in varying))
         row = rows.setdefault(label, Row(label, result["method"], parameters.get("trainable"), parameters.get("total"),
                                          variant=variant))  # fmt: skip
+        if isinstance((result.get("metrics") or {}).get("forgetting"), (int, float)):
+            row.forgetting[result["_path"]] = float(result["metrics"]["forgetting"])  # once per run, not per benchmark
         value = score(result)
         if value is None:
             notes.append(f"{result['_path']}: no {primary_metric(result)!r} metric; left out")
@@ -139,9 +144,19 @@ def _format_cell(cell: Cell | None, best: float | None, n_max: int, bold: tuple[
     return text + ("†" if cell.dirty else "")
 
 
+def _forgetting(row: Row) -> str:
+    values = list(row.forgetting.values())
+    if not values:
+        return MISSING
+    return f"{statistics.fmean(values):+.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+
+
 def _grid(table: Table, bold: tuple[str, str]) -> tuple[list[str], list[list[str]]]:
     families = table.averaged_families()
     header = ["method", "trainable", *[f"{t} ({table.metrics[t]})" for t in table.tasks], *[f"avg {f}" for f in families]]
+    with_forgetting = any(row.forgetting for row in table.rows)
+    if with_forgetting:
+        header.append("forgetting (nats)")
     n_max = max((len(c.values) for row in table.rows for c in row.cells.values()), default=1)
     best = {task: _best(table, task) for task in table.tasks}
     family_best = {f: max((v for r in table.rows if (v := table.family_average(r, f)) is not None), default=None)
@@ -154,13 +169,16 @@ def _grid(table: Table, bold: tuple[str, str]) -> tuple[list[str], list[list[str
             value = table.family_average(row, family)
             text = MISSING if value is None else f"{100 * value:.1f}"
             averages.append(f"{bold[0]}{text}{bold[1]}" if value is not None and value == family_best[family] else text)
-        body.append([row.label, _parameters(row), *cells, *averages])
+        body.append([row.label, _parameters(row), *cells, *averages, *([_forgetting(row)] if with_forgetting else [])])
     return header, body
 
 
 def _footnotes(table: Table) -> list[str]:
     notes = ["Mean ± sample standard deviation over seeds, ×100; (n=k): k seeds where other cells have more; "
              f"{MISSING}: not run; best mean per column in bold."]  # fmt: skip
+    if any(row.forgetting for row in table.rows):
+        notes.append("forgetting: the generic-text loss after training minus before (nats per token; lower forgets less), "
+                     "mean ± sample standard deviation over the row's training runs.")
     if any(cell.dirty for row in table.rows for cell in row.cells.values()):
         notes.append("†: from a run whose tracked files were modified (git dirty).")
     return notes + table.notes
