@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: help install test test-slow test-gpu lint run tokenizer bench paper clean
+.PHONY: help install test test-slow test-gpu lint run tokenizer bench paper paper-real clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ bench:  ## run the benchmarks (tables printed, JSON under experiments/bench/resu
 
 paper:  ## tables and figures from experiments/results into experiments/paper (ARGS="--filter experiment=nlg_math")
 	$(BIN)/python -m astra.report $(ARGS)
+
+paper-real:  ## the published real comparison: experiments/results/real -> experiments/paper/real (committed)
+	$(BIN)/python -m astra.report --results experiments/results/real --out experiments/paper/real
 
 clean:  ## remove logs and caches (never experiments/results)
 	rm -rf logs .pytest_cache

@@ -62,6 +62,9 @@ def results_dir(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(item))
     (folder / "fx" / "notes.json").write_text(json.dumps({"not": "a result"}))  # ignored
+    old = folder / "fx" / "superseded" / "old-grid.json"  # kept for the record, never reported
+    old.parent.mkdir()
+    old.write_text(json.dumps(result("lora", "gsm8k", 1, 0.99, created="2026-11-30T10:00:00")))  # newest: would win
     return folder
 
 

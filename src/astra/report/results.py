@@ -1,7 +1,8 @@
 """Reading result files for the report: every ``*.json`` below a folder, selected by ``key=value`` filters on dotted
 keys, duplicates of one grid cell reduced to the newest.
 
-A result file is recognised by its ``status`` and ``config`` keys; any other JSON below the folder is ignored.
+A result file is recognised by its ``status`` and ``config`` keys; any other JSON below the folder is ignored, and so is
+everything below a folder named ``superseded`` (results kept for the record, with a README saying why, never reported).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+SUPERSEDED = "superseded"  # a folder of results kept for the record only
 
 # Where a row label's varying keys live in a result (rank ablation, learning-rate grid, eigenvector arm, ...).
 VARIANT_KEYS = {
@@ -60,6 +63,8 @@ def load_results(results_dir: str | Path, filters: list[str] | tuple[str, ...] =
     parsed = parse_filters(filters)
     found = []
     for path in sorted(root.rglob("*.json")):
+        if SUPERSEDED in path.relative_to(root).parts[:-1]:
+            continue
         try:
             result = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from astra.report.results import VARIANT_KEYS, lookup
@@ -112,7 +113,7 @@ def build_table(results: list[dict[str, Any]], title: str) -> Table:
             row.forgetting[result["_path"]] = float(result["metrics"]["forgetting"])  # once per run, not per benchmark
         value = score(result)
         if value is None:
-            notes.append(f"{result['_path']}: no {primary_metric(result)!r} metric; left out")
+            notes.append(f"{Path(result['_path']).name}: no {primary_metric(result)!r} metric; left out")
             continue
         cell = row.cells.setdefault(result["task"], Cell([], False))
         cell.values.append(value)
