@@ -92,7 +92,13 @@ def test_write_report_tables_failed_list_figures_and_index(results_dir, tmp_path
     assert "ValueError: boom" in (out / "failed.md").read_text()
     figures = [p for p in written if p.parent.name == "figures"]
     assert all(p.stat().st_size > 1000 for p in figures)
-    assert {"fx_tiny_gsm8k_train-loss.png", "fx_tiny_gsm8k_grad-norm.pdf"} <= {p.name for p in figures}
+    assert {"fx_tiny_gsm8k_train-loss.png", "fx_tiny_gsm8k_grad-norm.pdf", "fx_tiny_gsm8k_train-loss_first50.png",
+            "fx_tiny_gsm8k_grad-norm_first50.pdf"} <= {p.name for p in figures}  # fmt: skip
+    assert not any("rank-eff-mean_first50" in p.name for p in figures)  # effective rank: whole run only
+    from astra.report.figures import series_points
+
+    assert series_points({"step": [1, 50, 51, 99], "value": [4, 3, 2, 1]}, 50) == ([1, 50], [4, 3])
+    assert series_points({"step": [1, 50, 51], "value": [4, 3, 2]}) == ([1, 50, 51], [4, 3, 2])
     ablations = sorted(p.name for p in figures if any(f"_{task}_ablation_" in p.name for task in FAMILY))
     assert ablations == ["ablation_rank_tiny_gsm8k_ablation_rank.pdf", "ablation_rank_tiny_gsm8k_ablation_rank.png"]
     assert (out / "figures" / "fx_tiny_gsm8k_train-loss.png").read_bytes()[:4] == b"\x89PNG"

@@ -14,6 +14,8 @@ from astra.report.results import VARIANT_KEYS, lookup
 from astra.report.tables import primary_metric, row_label, score, varying_keys
 
 CURVES = {"train/loss": "training loss", "grad/norm": "gradient norm (pre-clip)", "rank/eff/mean": "effective rank (mean)"}
+FIRST_STEPS = 50  # loss and gradient norm are drawn again over the first steps, where the inits differ most
+EARLY_CURVES = ("train/loss", "grad/norm")
 LINE_KEYS = {"rank": "rank", "n_calib": "calibration samples", "lr": "learning rate"}
 BAR_KEYS = {"subspace": "eigenvector arm", "calib_source": "calibration source"}
 
@@ -49,28 +51,46 @@ def group_by(results: list[dict[str, Any]], *keys: str) -> dict[tuple, list[dict
 
 
 def plot_training_curves(results: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """Per (experiment, model, task) and series: one line per seed, coloured by row label."""
-    plt, written = _pyplot(), []
+    """Per (experiment, model, task) and series: one line per seed, coloured by row label; loss and gradient norm
+    also over the first ``FIRST_STEPS`` steps alone (``..._first50``)."""
+    written = []
     for (experiment, model, task), group in sorted(group_by(results, "experiment", "model", "task").items(), key=str):
-        varying = varying_keys(group)
         for series, label in CURVES.items():
             runs = [r for r in group if (r.get("series") or {}).get(series, {}).get("step")]
             if not runs:
                 continue
-            figure, axis = plt.subplots(figsize=(6, 4))
-            colours: dict[str, Any] = {}
-            for result in sorted(runs, key=lambda r: row_label(r, varying)):
-                name = row_label(result, varying)
-                points = result["series"][series]
-                line = axis.plot(points["step"], points["value"], linewidth=1, alpha=0.8, color=colours.get(name),
-                                 label=None if name in colours else name)  # fmt: skip
-                colours.setdefault(name, line[0].get_color())
-            axis.set_xlabel("optimizer step")
-            axis.set_ylabel(label)
-            axis.set_title(f"{task} ({model}, {experiment})")
-            axis.legend(fontsize=7)
-            written += _save(figure, Path(out_dir) / "figures" / _slug(f"{experiment}_{model}_{task}_{series.replace('/', '-')}"))
+            stem = Path(out_dir) / "figures" / _slug(f"{experiment}_{model}_{task}_{series.replace('/', '-')}")
+            title = f"{task} ({model}, {experiment})"
+            written += _curve_figure(runs, series, label, title, stem, varying_keys(group), None)
+            if series in EARLY_CURVES:
+                written += _curve_figure(runs, series, label, f"{title}, first {FIRST_STEPS} steps",
+                                         stem.with_name(f"{stem.name}_first{FIRST_STEPS}"), varying_keys(group),
+                                         FIRST_STEPS)  # fmt: skip
     return written
+
+
+def series_points(points: dict[str, list], last_step: int | None = None) -> tuple[list, list]:
+    """(steps, values) of a result's series, up to ``last_step`` inclusive when given."""
+    keep = [k for k, step in enumerate(points["step"]) if last_step is None or step <= last_step]
+    return [points["step"][k] for k in keep], [points["value"][k] for k in keep]
+
+
+def _curve_figure(runs, series: str, label: str, title: str, stem: Path, varying: list[str],
+                  last_step: int | None) -> list[Path]:  # fmt: skip
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    colours: dict[str, Any] = {}
+    for result in sorted(runs, key=lambda r: row_label(r, varying)):
+        name = row_label(result, varying)
+        steps, values = series_points(result["series"][series], last_step)
+        line = axis.plot(steps, values, linewidth=1, alpha=0.8, color=colours.get(name),
+                         label=None if name in colours else name)  # fmt: skip
+        colours.setdefault(name, line[0].get_color())
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel(label)
+    axis.set_title(title)
+    axis.legend(fontsize=7)
+    return _save(figure, stem)
 
 
 def plot_ablations(results: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
