@@ -97,6 +97,26 @@ def test_no_gap_is_reported_and_falls_back_to_exact():
     assert none is None and not torch.equal(kept, exact)
 
 
+def test_a_wider_retry_converges_past_a_cluster_below_the_top_eigenvalues():
+    from astra.methods.eigensolver_policy import randomized_bases, solver_summary
+
+    dim, rank = 120, 4
+    values = np.concatenate([np.geomspace(1e-3, 0.1, dim - rank - 30), np.linspace(8.0, 9.0, 30),
+                             np.geomspace(10.0, 50.0, rank)])  # gap 10 / 9 at r, then 30 eigenvalues near 9 # fmt: skip
+    moment = moment_with_spectrum(values, seed=5)
+    problem = eigen_problem(moment, torch.float64, form_gram=False)
+    narrow = SolverOptions("randomized", oversample=4, n_iter=8)
+    [(_, once)] = randomized_bases([problem], rank, narrow, seed=0)
+    assert not once["converged"] and once["oversample"] == 4  # a block of 8 ends inside the cluster: slow
+    wide = SolverOptions("randomized", oversample=4, n_iter=8, retry_oversample=40)
+    [(basis, checks)] = randomized_bases([problem], rank, wide, seed=0)
+    assert checks["converged"] and checks["retried"] and checks["oversample"] == 40  # 44 columns reach past it
+    assert largest_principal_angle(basis, exact_top(moment, rank)) < 1e-4
+    assert solver_summary({"layer": checks}, wide)["retried"] == 1
+    kept, spectrum = astra_basis(moment, rank, "top", dtype=torch.float64, solver=wide)
+    assert spectrum is None and torch.equal(kept, basis)  # accepted: no exact fallback
+
+
 def test_astra_basis_randomized_on_a_factored_moment():
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(50, 20, generator=g, dtype=torch.float64)
@@ -116,7 +136,8 @@ def test_solver_choice_and_bad_options():
         SolverOptions("randomized").choose("bottom", 8, 4096)
     for kwargs, match in (({"eigensolver": "lanczos"}, "lanczos"), ({"n_iter": -1}, "n_iter=-1"),
                           ({"oversample": 0}, "oversample=0"), ({"tolerance": 2.0}, "tolerance=2.0"),
-                          ({"on_unconverged": "ignore"}, "ignore")):  # fmt: skip
+                          ({"on_unconverged": "ignore"}, "ignore"),
+                          ({"oversample": 16, "retry_oversample": 16}, "retry_oversample=16")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             SolverOptions(**kwargs)
 

@@ -191,6 +191,7 @@ def init_astra(
     n_iter: int = 16,
     tolerance: float = 1e-3,
     on_unconverged: str = "exact",
+    retry_oversample: int | None = None,
     spectrum: str = "auto",
     cache: bool = True,
     n_samples: int | None = None,
@@ -210,7 +211,7 @@ def init_astra(
         raise ValueError(f"subspace={subspace!r} is not one of {SUBSPACES}")
     if spectrum not in ("auto", "always", "never"):
         raise ValueError(f"spectrum={spectrum!r} is not one of ('auto', 'always', 'never')")
-    solver = SolverOptions(eigensolver, oversample, n_iter, tolerance, on_unconverged)
+    solver = SolverOptions(eigensolver, oversample, n_iter, tolerance, on_unconverged, retry_oversample)
     want_spectrum = spectrum == "always" or (spectrum == "auto" and bool(getattr(context, "moment_spectrum", False)))
     check_calibration_size(calibration_loader, n_samples, "astra")
     options = MomentOptions(normalize=normalize, center=center, mask_padding=mask_padding, dtype=dtype, route=route,

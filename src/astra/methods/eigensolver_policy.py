@@ -9,15 +9,17 @@
   is cheaper than a dense solve), exact otherwise.
 
 A randomized solve is accepted when its Davis-Kahan angle estimate (``TopEigenpairs.angle_bound``) is at most
-``tolerance``; otherwise ``on_unconverged`` says what happens: ``exact`` re-solves the layer exactly (the result
-is the reference's), ``warn`` keeps the approximate basis. Either way the layers are named in a warning and in the
-init report.
+``tolerance``. A layer that is not is solved once more with the wider block ``retry_oversample`` when one is set
+(a cluster of eigenvalues just below lam_r slows a narrow block; a wider one reaches past it) and the block stays
+narrower than the problem. What is still unconverged goes to ``on_unconverged``: ``exact`` re-solves the layer
+exactly (the result is the reference's), ``warn`` keeps the approximate basis. Either way the layers are named in a
+warning and in the init report.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -36,6 +38,7 @@ class SolverOptions:
     n_iter: int = 16  # at most this many power iterations (PiSSA's pissa_niter_16 runs 16); stops when converged
     tolerance: float = 1e-3  # largest accepted estimate of the sine of the principal angle to the exact subspace
     on_unconverged: str = "exact"
+    retry_oversample: int | None = None  # a second, wider randomized solve of unconverged layers (None: none)
 
     def __post_init__(self):
         if self.eigensolver not in EIGENSOLVERS:
@@ -46,6 +49,10 @@ class SolverOptions:
             raise ValueError(f"oversample={self.oversample!r} must be a positive integer")
         if not isinstance(self.n_iter, int) or self.n_iter < 0:
             raise ValueError(f"n_iter={self.n_iter!r} must be a non-negative integer")
+        if self.retry_oversample is not None and (not isinstance(self.retry_oversample, int)
+                                                  or self.retry_oversample <= self.oversample):  # fmt: skip
+            raise ValueError(f"retry_oversample={self.retry_oversample!r} must be null or an integer above "
+                             f"oversample={self.oversample}")  # fmt: skip
         if not 0 < float(self.tolerance) < 1:
             raise ValueError(f"tolerance={self.tolerance!r} must lie in (0, 1)")
 
@@ -67,7 +74,20 @@ def randomized_bases(
     problems: list[EigenProblem], rank: int, solver: SolverOptions, seed: int
 ) -> list[tuple[torch.Tensor, dict]]:
     """(B, checks) per problem (all of one shape, stacked into one batched solve). B: d_out x rank, ascending.
-    checks: residual (max_j ||C b_j - lam_j b_j|| / lam_max), gap (lam_r / lam_{r+1}), angle_bound, converged."""
+    checks: residual (max_j ||C b_j - lam_j b_j|| / lam_max), gap (lam_r / lam_{r+1}), angle_bound, converged,
+    oversample (the block's extra columns; ``retry_oversample`` for layers solved a second time)."""
+    out = _randomized_once(problems, rank, solver, seed)
+    wider = solver.retry_oversample
+    retry = [k for k, (_, checks) in enumerate(out) if not checks["converged"]]
+    if retry and wider and rank + wider < problems[0].size:
+        wide = replace(solver, oversample=wider, retry_oversample=None)
+        again = _randomized_once([problems[k] for k in retry], rank, wide, seed)
+        for k, (basis, checks) in zip(retry, again):
+            out[k] = (basis, {**checks, "retried": True})
+    return out
+
+
+def _randomized_once(problems: list[EigenProblem], rank: int, solver: SolverOptions, seed: int):
     factored = problems[0].factored
     operator = torch.stack([p.weight if factored else p.matrix for p in problems])
     inner = torch.stack([p.inner for p in problems]) if factored else None
@@ -81,7 +101,8 @@ def randomized_bases(
     for index, vectors in enumerate(top.vectors.unbind(0)):
         residual, gap, angle = (checks[row][index] for row in range(3))
         out.append((vectors, {"solver": "randomized", "residual": residual, "gap": gap, "angle_bound": angle,
-                              "iterations": top.iterations, "converged": angle <= solver.tolerance}))  # fmt: skip
+                              "iterations": top.iterations, "converged": angle <= solver.tolerance,
+                              "oversample": solver.oversample}))  # fmt: skip
     return out
 
 
@@ -131,9 +152,11 @@ def solver_summary(checks: dict[str, dict], solver: SolverOptions) -> dict:
         "randomized": sum(c["solver"] == "randomized" for c in checks.values()),
         "unconverged_layers": unconverged,
         "on_unconverged": solver.on_unconverged,
+        "retried": sum(bool(c.get("retried")) for c in checks.values()),
     }
     if randomized:
-        summary.update(oversample=solver.oversample, n_iter=solver.n_iter, tolerance=solver.tolerance,
+        summary.update(oversample=solver.oversample, retry_oversample=solver.retry_oversample, n_iter=solver.n_iter,
+                       tolerance=solver.tolerance,
                        max_residual=max(c["residual"] for c in randomized.values()),
                        max_angle_bound=max(c["angle_bound"] for c in randomized.values()),
                        min_gap=min(c["gap"] for c in randomized.values()))  # fmt: skip
