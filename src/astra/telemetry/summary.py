@@ -20,7 +20,9 @@ def instantiate_callbacks(callbacks_cfg: Any) -> list[pl.Callback]:
         if node is None:
             continue
         if "_target_" not in node:
-            raise ValueError(f"callbacks.{name} has no _target_")
+            raise ValueError(f"callbacks.{name} has no _target_: only some of its fields ({sorted(node)}) are set, by an "
+                             "experiment or an override, and the callbacks group in use (callbacks=none?) does not "
+                             "define it; use callbacks=default or give the node a _target_")  # fmt: skip
         out.append(instantiate(node))
     return out
 
