@@ -160,6 +160,19 @@ def test_difference_to_lora_with_a_paired_bootstrap_interval(results_dir, tmp_pa
     assert paired_interval({"a": 1.0}, {"b": 1.0}) is None  # no common item
 
 
+def test_differences_compare_only_the_seeds_both_rows_have(tmp_path):
+    folder = tmp_path / "results" / "fx"
+    folder.mkdir(parents=True)
+    runs = [result("lora", "gsm8k", 1, 0.5, items=items([1, 1, 0, 0])),
+            result("lora", "gsm8k", 2, 0.0, items=items([0, 0, 0, 0])),  # a bad seed astra has not run yet
+            result("astra", "gsm8k", 1, 0.5, items=items([1, 1, 0, 0]))]  # fmt: skip
+    for k, run in enumerate(runs):
+        (folder / f"{k}.json").write_text(json.dumps(run))
+    write_report(tmp_path / "results", tmp_path / "paper", figures=False)
+    text = (tmp_path / "paper" / "tables" / "fx_tiny_vs_lora.md").read_text()
+    assert "| astra | +0.0 [+0.0, +0.0] |" in text  # seed 1 against seed 1; with lora's seed 2 it would be +25.0
+
+
 def test_a_suite_result_is_a_column_per_benchmark(tmp_path):
     suite = result("astra", "arc_e", 1, 0.5, items={"ids": ["arc_e-1", "arc_e-2", "piqa-1", "piqa-2"], "correct": [1, 0, 1, 1]})
     suite["task"] = "commonsense_suite"

@@ -1,8 +1,9 @@
 """Each row's difference to a baseline row (LoRA) with a 95% bootstrap confidence interval over test items.
 
-Paired: per test item (matched by id across runs), each row's right/wrong outcome is averaged over its seeds, the
-baseline's likewise, and the per-item differences are resampled with replacement (percentile interval, seeded, so a
-table regenerates identically). Needs the ``items`` block run.py writes into result files; tasks without per-item
+Paired: only the seeds both rows have are compared (a grid still running must not set one row's three seeds against
+another's one); per test item (matched by id across runs), each row's right/wrong outcome is averaged over those
+seeds, the baseline's likewise, and the per-item differences are resampled with replacement (percentile interval,
+seeded, so a table regenerates identically). Needs the ``items`` block run.py writes into result files; tasks without per-item
 outcomes (STS-B) and items missing from either side are left out, and the table says how many items were compared.
 """
 
@@ -26,6 +27,12 @@ def per_item_means(results: list[dict[str, Any]]) -> dict[str, float]:
         for item_id, correct in zip(items.get("ids", []), items.get("correct", [])):
             counts[item_id].append(int(correct))
     return {item: sum(values) / len(values) for item, values in counts.items() if len(values) == len(results)}
+
+
+def common_seeds(runs: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> tuple[list, list]:
+    """The runs of each side whose seed the other side also has."""
+    shared = {r.get("seed") for r in runs} & {r.get("seed") for r in baseline}
+    return [r for r in runs if r.get("seed") in shared], [r for r in baseline if r.get("seed") in shared]
 
 
 def paired_interval(row: dict[str, float], baseline: dict[str, float], samples: int = BOOTSTRAP_SAMPLES,
@@ -66,8 +73,9 @@ def difference_table(results: list[dict[str, Any]], title: str, baseline: str = 
             continue
         cells = []
         for task in tasks:
-            interval = (paired_interval(per_item_means(by_row[label][task]), per_item_means(base[task]))
-                        if by_row[label].get(task) and base.get(task) else None)  # fmt: skip
+            row_runs, base_runs = common_seeds(by_row[label].get(task, []), base.get(task, []))
+            interval = (paired_interval(per_item_means(row_runs), per_item_means(base_runs))
+                        if row_runs and base_runs else None)  # fmt: skip
             if interval is None:
                 cells.append(MISSING)
                 continue
