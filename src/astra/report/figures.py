@@ -55,17 +55,17 @@ def plot_training_curves(results: list[dict[str, Any]], out_dir: str | Path) -> 
     also over the first ``FIRST_STEPS`` steps alone (``..._first50``)."""
     written = []
     for (experiment, model, task), group in sorted(group_by(results, "experiment", "model", "task").items(), key=str):
+        varying = varying_keys(group)
         for series, label in CURVES.items():
             runs = [r for r in group if (r.get("series") or {}).get(series, {}).get("step")]
             if not runs:
                 continue
             stem = Path(out_dir) / "figures" / _slug(f"{experiment}_{model}_{task}_{series.replace('/', '-')}")
             title = f"{task} ({model}, {experiment})"
-            written += _curve_figure(runs, series, label, title, stem, varying_keys(group), None)
+            written += _curve_figure(runs, series, label, title, stem, varying, None)
             if series in EARLY_CURVES:
                 written += _curve_figure(runs, series, label, f"{title}, first {FIRST_STEPS} steps",
-                                         stem.with_name(f"{stem.name}_first{FIRST_STEPS}"), varying_keys(group),
-                                         FIRST_STEPS)  # fmt: skip
+                                         stem.with_name(f"{stem.name}_first{FIRST_STEPS}"), varying, FIRST_STEPS)
     return written
 
 

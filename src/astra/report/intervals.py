@@ -3,8 +3,9 @@
 Paired: only the seeds both rows have are compared (a grid still running must not set one row's three seeds against
 another's one); per test item (matched by id across runs), each row's right/wrong outcome is averaged over those
 seeds, the baseline's likewise, and the per-item differences are resampled with replacement (percentile interval,
-seeded, so a table regenerates identically). Needs the ``items`` block run.py writes into result files; tasks without per-item
-outcomes (STS-B) and items missing from either side are left out, and the table says how many items were compared.
+seeded, so a table regenerates identically). Needs the ``items`` block run.py writes into result files; tasks
+without per-item outcomes (STS-B) and items missing from either side are left out, and the table says how many
+items were compared.
 """
 
 from __future__ import annotations
