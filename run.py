@@ -49,6 +49,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             return float(existing.get("metrics", {}).get(cfg.task.eval.primary_metric, float("nan")))
     record = RunRecord(cfg, run_dir, overrides if overrides is not None else hydra_support.task_overrides())
     record.facts["config_fingerprint"] = fingerprint
+    record.facts["project_root"] = skip_existing.PROJECT_ROOT  # the fingerprint writes it as ${astra_project:}
     watch = record.watch
     # Under multi-GPU strategies every rank runs this function; each computes the same seeded init, but only
     # global rank 0 evaluates, exports and writes the result file.

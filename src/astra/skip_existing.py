@@ -3,8 +3,12 @@ failed multirun resumes where it stopped when it is launched again.
 
 The identity of a cell is a hash of its resolved config (the ``config`` every result file records) without the
 keys that say where and how a run is logged rather than what it computes: ``paths`` (run and result
-directories), ``logger``, ``resume`` and ``skip_existing`` itself. Results written before the hash existed are
-matched by hashing their recorded config. Failed or interrupted cells have no ``ok`` result, so they run again.
+directories), ``logger``, ``resume`` and ``skip_existing`` itself. The project folder (``${astra_project:}``, e.g. in
+``task.row_ids.file``) is hashed as that placeholder, not as its absolute path, so a clone elsewhere recognises the
+committed results; each result records its ``project_root`` for that, and for results written before it did, the root
+is read off a recorded path naming a file the project ships. A stored result's identity is always recomputed from its
+recorded config (so results written before the hash existed match too). Failed or interrupted cells have no ``ok``
+result, so they run again.
 
 ``skip_existing``: ``auto`` (default: skip in a multirun, never in a single run, where running the same command
 twice usually means "again"), ``true`` or ``false`` (force every cell to run).
@@ -15,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,17 +29,56 @@ log = logging.getLogger(__name__)
 NOT_PART_OF_THE_CELL = ("paths", "logger", "resume", "skip_existing")
 CHOICES = ("auto", True, False)
 SKIPPED_FILE = "skipped.json"  # in the job directory of a skipped cell: which result stands for it
+PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # what ${astra_project:} resolves to (hydra_support)
+PROJECT_PLACEHOLDER = "${astra_project:}"
+SHIPPED_FOLDERS = ("experiments", "conf", "src", "tests")  # where a recorded path may name a file the project ships
 
 
-def config_fingerprint(config: dict[str, Any]) -> str:
-    """sha256 (16 hex digits) of a resolved config (a plain dict) without the keys of ``NOT_PART_OF_THE_CELL``."""
+def config_fingerprint(config: dict[str, Any], project_root: str | None = PROJECT_ROOT) -> str:
+    """sha256 (16 hex digits) of a resolved config (a plain dict) without the keys of ``NOT_PART_OF_THE_CELL``, with
+    ``project_root`` (the folder the config was resolved in; None: none known) written as ``${astra_project:}``."""
     cell = {key: value for key, value in config.items() if key not in NOT_PART_OF_THE_CELL}
     text = json.dumps(cell, sort_keys=True, default=str, separators=(",", ":"))
+    if project_root:
+        text = text.replace(json.dumps(project_root)[1:-1], PROJECT_PLACEHOLDER)  # as JSON escapes it
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def fingerprint_of(cfg: DictConfig) -> str:
     return config_fingerprint(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
+def recorded_project_root(result: dict[str, Any]) -> str | None:
+    """The project folder a result's config was resolved in: its ``project_root``, or (results written before it
+    was recorded) the prefix of an absolute recorded path whose rest names a file this project ships in the same
+    place (e.g. ``/elsewhere/experiments/real/qnli_split.json``); None when nothing tells."""
+    if result.get("project_root"):
+        return str(result["project_root"])
+    for text in _strings(result.get("config", {})):
+        path = PurePath(text)
+        if not path.is_absolute():
+            continue
+        for cut, part in enumerate(path.parts[1:], start=1):
+            inside = PurePath(*path.parts[cut:])
+            if part in SHIPPED_FOLDERS and (Path(PROJECT_ROOT) / inside).is_file():
+                return str(PurePath(*path.parts[:cut]))
+    return None
+
+
+def result_fingerprint(result: dict[str, Any]) -> str:
+    """The cell identity of a stored result (its recorded config), comparable with :func:`fingerprint_of`."""
+    return config_fingerprint(result["config"], recorded_project_root(result))
 
 
 def should_skip(cfg: DictConfig, in_multirun: bool) -> bool:
@@ -58,7 +101,7 @@ def find_ok_result(results_dir: Path, fingerprint: str) -> dict[str, Any] | None
             continue  # not a result file (or one being written): never a reason to skip
         if not isinstance(result, dict) or result.get("status") != "ok" or not isinstance(result.get("config"), dict):
             continue
-        found = result.get("config_fingerprint") or config_fingerprint(result["config"])
+        found = result_fingerprint(result)
         if found == fingerprint and (newest is None or str(result.get("created")) > str(newest.get("created"))):
             newest = {**result, "path": str(path)}
     return newest

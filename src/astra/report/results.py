@@ -12,6 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from astra.skip_existing import result_fingerprint
+
 SUPERSEDED = "superseded"  # a folder of results kept for the record only
 
 # Where a row label's varying keys live in a result (rank ablation, learning-rate grid, eigenvector arm, ...).
@@ -79,11 +81,8 @@ def load_results(results_dir: str | Path, filters: list[str] | tuple[str, ...] =
 
 
 def cell_identity(result: dict[str, Any]) -> str:
-    """Two results of one grid cell (the same resolved config, seed included) share this."""
-    if result.get("config_fingerprint"):
-        return str(result["config_fingerprint"])
-    config = {k: v for k, v in result["config"].items() if k not in ("paths", "logger", "resume", "skip_existing")}
-    return json.dumps(config, sort_keys=True, default=str)
+    """Two results of one grid cell (the same resolved config, seed included, wherever the project was) share this."""
+    return result_fingerprint(result)
 
 
 def newest_per_cell(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:

@@ -1,0 +1,66 @@
+"""A grid cell's identity (skip-existing, the report's duplicate detection) does not depend on where the project
+folder is: a clone elsewhere recognises committed results, including those written before results recorded it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from astra.report.results import newest_per_cell
+from astra.skip_existing import (
+    PROJECT_ROOT,
+    config_fingerprint,
+    find_ok_result,
+    recorded_project_root,
+    result_fingerprint,
+)
+
+SPLIT = "experiments/real/qnli_split.json"  # a file the project ships
+
+
+def _config(root: str, lr: float = 1e-3) -> dict:
+    return {"seed": 0, "optim": {"lr": lr}, "task": {"row_ids": {"file": f"{root}/{SPLIT}", "train": "train"}},
+            "paths": {"output_dir": f"{root}/logs/x"}}  # fmt: skip
+
+
+def _result(root: str, lr: float = 1e-3, created: str = "20261201T000000", recorded: bool = True) -> dict:
+    config = _config(root, lr)
+    result = {"status": "ok", "created": created, "config": config, "metrics": {"accuracy": lr},
+              "config_fingerprint": config_fingerprint(config, root if recorded else None)}  # fmt: skip
+    if recorded:
+        result["project_root"] = root
+    return result
+
+
+def test_the_project_folder_is_hashed_as_its_placeholder():
+    here = config_fingerprint(_config(PROJECT_ROOT))
+    assert config_fingerprint(_config("/elsewhere/clone"), "/elsewhere/clone") == here
+    assert config_fingerprint(_config(PROJECT_ROOT, lr=3e-4)) != here  # what the cell computes still counts
+    assert config_fingerprint(_config(PROJECT_ROOT), None) != here  # the placeholder, not the path, is hashed
+
+
+def test_the_root_of_a_result_is_recorded_or_read_off_a_shipped_file():
+    assert recorded_project_root(_result("/a/b")) == "/a/b"
+    assert recorded_project_root(_result("/old/place", recorded=False)) == "/old/place"  # via experiments/real/...
+    unrelated = {"config": {"task": {"data": {"train": "/data/experiments/nothing_shipped.json"}}, "seed": 0}}
+    assert recorded_project_root(unrelated) is None
+    assert (Path(PROJECT_ROOT) / SPLIT).is_file()
+
+
+def test_skip_existing_finds_a_result_written_in_another_checkout(tmp_path):
+    (tmp_path / "new.json").write_text(json.dumps(_result("/clone/one")))
+    (tmp_path / "legacy.json").write_text(json.dumps(_result("/old/place", 3e-4, recorded=False)))
+    for lr, name in ((1e-3, "new.json"), (3e-4, "legacy.json")):
+        found = find_ok_result(tmp_path, config_fingerprint(_config(PROJECT_ROOT, lr)))
+        assert found is not None and found["path"].endswith(name)
+    assert find_ok_result(tmp_path, config_fingerprint(_config(PROJECT_ROOT, 1e-4))) is None
+
+
+def test_the_report_keeps_one_result_per_cell_across_checkouts():
+    older = {**_result("/old/place", recorded=False, created="20261201T000000"), "_path": "/r/older.json"}
+    newer = {**_result("/clone/one", created="20261202T000000"), "_path": "/r/newer.json"}
+    other = {**_result("/clone/one", lr=3e-4), "_path": "/r/other.json"}
+    assert result_fingerprint(older) == result_fingerprint(newer) != result_fingerprint(other)
+    kept, notes = newest_per_cell([older, newer, other])
+    assert sorted(r["_path"] for r in kept) == ["/r/newer.json", "/r/other.json"]
+    assert notes == ["older.json duplicates newer.json (same config); the newer is used"]
