@@ -127,6 +127,28 @@ def test_astra_basis_randomized_on_a_factored_moment():
     assert largest_principal_angle(basis, exact_top(moment.dense(torch.float64), 3)) < 1e-4
 
 
+def test_a_wide_factored_moment_stays_factored_for_randomized_and_is_dense_for_exact(monkeypatch):
+    """k >= d_out (o_proj, down_proj on the input route): the randomized solve applies F M F^T without forming it;
+    the exact route forms the d_out x d_out moment exactly as a dense moment is (bit for bit)."""
+    g = torch.Generator().manual_seed(4)
+    d_out, k, rank = 30, 45, 3
+    weight = torch.randn(d_out, k, generator=g, dtype=torch.float64)
+    inner = moment_with_spectrum(gapped_spectrum(k, rank, 5.0), seed=2)
+    moment = FactoredMoment(weight=weight, inner=inner)
+    problem = eigen_problem(moment, torch.float64, form_gram=False)
+    assert problem.factored and problem.size == d_out and problem.matrix is None
+    formed = []
+    monkeypatch.setattr(FactoredMoment, "dense", lambda self, dtype=None: formed.append(1) or torch.zeros(1))
+    basis, spectrum = astra_basis(moment, rank, "top", dtype=torch.float64, solver=SolverOptions("randomized", 8, 16))
+    assert spectrum is None and not formed  # never formed
+    monkeypatch.undo()
+    assert largest_principal_angle(basis, exact_top(moment.dense(torch.float64), rank)) < 1e-4
+    exact, exact_spectrum = exact_basis(problem, rank, "top", 0, torch.float64)
+    dense, dense_spectrum = exact_basis(eigen_problem(moment.dense(torch.float64), torch.float64), rank, "top", 0,
+                                        torch.float64)  # fmt: skip
+    assert not problem.factored and torch.equal(exact, dense) and torch.equal(exact_spectrum, dense_spectrum)
+
+
 def test_solver_choice_and_bad_options():
     auto = SolverOptions("auto", oversample=16)
     assert auto.choose("top", 8, 96) == "randomized" and auto.choose("top", 8, 95) == "exact"
@@ -225,3 +247,18 @@ def test_randomized_stops_once_converged():
     assert early.iterations < 16 and float(early.angle_bound[0]) <= 1e-6
     assert largest_principal_angle(early.vectors[0], exact_top(moment, 4)) < 1e-6
     assert randomized_top_eigh(moment, 4, oversample=8, n_iter=16, seed=0).iterations == 16  # no tolerance: all
+
+
+def test_a_converged_problem_leaves_the_batch_while_a_slow_one_iterates_on():
+    dim, rank = 60, 5
+    fast = [moment_with_spectrum(gapped_spectrum(dim, rank, 10.0), seed=s) for s in (7, 8)]
+    flat = np.concatenate([np.geomspace(1e-3, 0.5, dim - 10), np.full(10, 2.0)])  # lam_5 = lam_6: never converges
+    batch = torch.stack([fast[0], moment_with_spectrum(flat, seed=9), fast[1]])
+    top = randomized_top_eigh(batch, rank, oversample=4, n_iter=16, tolerance=1e-6, seed=0)
+    assert top.iterations.tolist()[1] == 16 and max(top.iterations.tolist()[::2]) < 16
+    assert float(top.angle_bound[1]) > 1e-3
+    for k, moment in ((0, fast[0]), (2, fast[1])):  # each stored at its own convergence, in its own row
+        assert float(top.angle_bound[k]) <= 1e-6
+        assert largest_principal_angle(top.vectors[k], exact_top(moment, rank)) < 1e-6
+        values = torch.linalg.eigvalsh(moment)[-rank:]
+        assert torch.allclose(top.values[k], values, rtol=1e-9)

@@ -164,8 +164,9 @@ def _group_layers(targets, bases, stats, adapter, subspace, solver):
         rank, (d_out, rows) = layer.r[adapter], (weight.shape[0], stat.matrix.shape[0])
         size = eigen_problem_size(rows, d_out, stat.route)
         kind = solver.choose(subspace, rank, size)
-        factored = stat.route == "input" and rows < d_out
-        key = (kind, size, d_out if kind == "randomized" else None, factored if kind == "randomized" else None,
+        # the randomized route applies a factored moment as it is (k x d_out factors: cheaper than forming it)
+        factor_rows = rows if stat.route == "input" else None
+        key = (kind, size, d_out if kind == "randomized" else None, factor_rows if kind == "randomized" else None,
                rank if kind == "randomized" else None, weight.device)  # fmt: skip
         groups.setdefault(key, []).append(name)
     return groups

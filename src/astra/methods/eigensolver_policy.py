@@ -97,11 +97,12 @@ def _randomized_once(problems: list[EigenProblem], rank: int, solver: SolverOpti
     )
     del operator, inner
     checks = torch.stack([top.residual, top.gap, top.angle_bound]).double().cpu().tolist()  # one host read
+    iterations = top.iterations.tolist()
     out = []
     for index, vectors in enumerate(top.vectors.unbind(0)):
         residual, gap, angle = (checks[row][index] for row in range(3))
         out.append((vectors, {"solver": "randomized", "residual": residual, "gap": gap, "angle_bound": angle,
-                              "iterations": top.iterations, "converged": angle <= solver.tolerance,
+                              "iterations": iterations[index], "converged": angle <= solver.tolerance,
                               "oversample": solver.oversample}))  # fmt: skip
     return out
 

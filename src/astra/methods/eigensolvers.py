@@ -63,9 +63,11 @@ def psd_factor(moment: torch.Tensor) -> torch.Tensor:
 class EigenProblem:
     """A layer's statistic, ready for an eigensolver.
 
-    ``dense``: ``matrix`` is the d_out x d_out moment. ``factored`` (C = F M F^T, k < d_out): ``weight`` F
-    (d_out x k) and ``inner`` M (k x k); :meth:`gram` forms the k x k Gram G = (F L)^T (F L), M = L L^T, that the
-    exact route solves (``factor`` = F L), while the randomized route applies F M F^T to blocks and needs neither.
+    ``dense``: ``matrix`` is the d_out x d_out moment. ``factored`` (C = F M F^T): ``weight`` F (d_out x k) and
+    ``inner`` M (k x k), which the randomized route applies to blocks as three thin products. The exact route
+    (:meth:`gram`) solves the smaller of two problems: for k < d_out the k x k Gram G = (F L)^T (F L), M = L L^T
+    (``factor`` = F L); for k >= d_out the d_out x d_out moment itself, formed from ``source`` as a dense moment
+    is, after which the problem is dense.
     """
 
     matrix: torch.Tensor | None
@@ -73,6 +75,8 @@ class EigenProblem:
     inner: torch.Tensor | None = None
     factor: torch.Tensor | None = None
     dim: int = 0  # d_out
+    source: Any = None  # the FactoredMoment (k >= d_out): the dense moment the exact route forms from it
+    dtype: torch.dtype | None = None
 
     @property
     def factored(self) -> bool:
@@ -80,27 +84,31 @@ class EigenProblem:
 
     @property
     def size(self) -> int:
-        """The size of the exact eigenproblem (d_out, or k when factored)."""
-        return self.inner.shape[0] if self.factored else self.dim
+        """The size of the exact eigenproblem (min(k, d_out) when factored, else d_out)."""
+        return min(self.inner.shape[0], self.dim) if self.factored else self.dim
 
     def gram(self) -> torch.Tensor:
-        if self.matrix is None:
+        if self.matrix is None and self.source is not None:  # k >= d_out: the dense moment is the smaller problem
+            self.matrix = symmetric(self.source.dense(self.dtype).to(self.dtype))
+            self.weight = self.inner = self.source = None
+        elif self.matrix is None:
             self.factor = self.weight @ psd_factor(self.inner)
             self.matrix = symmetric(self.factor.mT @ self.factor)
         return self.matrix
 
 
 def eigen_problem(moment: Any, dtype: torch.dtype, *, form_gram: bool = True) -> EigenProblem:
-    """The eigenproblem of a dense moment tensor or of a ``FactoredMoment`` (kept factored when k < d_out)."""
+    """The eigenproblem of a dense moment tensor or of a ``FactoredMoment`` (kept factored until :meth:`gram`)."""
     if hasattr(moment, "inner") and hasattr(moment, "weight"):
-        if moment.inner.shape[0] < moment.weight.shape[0]:
-            weight = moment.weight.to(dtype)
-            inner = symmetric(moment.inner.to(device=weight.device, dtype=dtype))
-            problem = EigenProblem(None, weight=weight, inner=inner, dim=weight.shape[0])
-            if form_gram:
-                problem.gram()
-            return problem
-        moment = moment.dense(dtype)
+        weight = moment.weight.to(dtype)
+        wide = moment.inner.shape[0] >= moment.weight.shape[0]
+        inner = moment.inner.to(device=weight.device, dtype=dtype)
+        inner = inner if wide else symmetric(inner)  # wide: only applied to blocks (or formed densely by gram)
+        problem = EigenProblem(None, weight=weight, inner=inner, dim=weight.shape[0], source=moment if wide else None,
+                               dtype=dtype)  # fmt: skip
+        if form_gram:
+            problem.gram()
+        return problem
     matrix = symmetric(moment.to(dtype))
     return EigenProblem(matrix, dim=matrix.shape[-1])
 
@@ -204,7 +212,7 @@ class TopEigenpairs:
     residual: torch.Tensor  # b
     gap: torch.Tensor  # b
     angle_bound: torch.Tensor  # b
-    iterations: int = 0  # power iterations run (fewer than n_iter when every problem converged earlier)
+    iterations: torch.Tensor | None = None  # b: power iterations each problem ran (fewer than n_iter once converged)
 
 
 def _apply(operator: torch.Tensor, inner: torch.Tensor | None, block: torch.Tensor) -> torch.Tensor:
@@ -234,7 +242,7 @@ def randomized_top_eigh(
     re-orthonormalised up to ``n_iter`` times; the eigenpairs of the projected (rank + oversample)^2 matrix give the
     Ritz pairs. With ``tolerance``, the Ritz pairs are checked every ``check_every`` iterations (a check reuses
     the product the next iteration needs, and costs l^2 d against the d^2 l of an iteration) and the iteration
-    stops once every problem's ``angle_bound`` is within it. Maths in the operator's dtype (float32 or float64). The subspace error shrinks like
+    stops for each problem once its ``angle_bound`` is within it (the rest of the batch goes on without it). Maths in the operator's dtype (float32 or float64). The subspace error shrinks like
     (lam_{l+1} / lam_r)^(2 n_iter + 1), l = rank + oversample, so a spectrum with a gap after the r-th eigenvalue
     converges in a few iterations; the returned ``angle_bound`` says per problem whether it did.
     """
@@ -250,13 +258,29 @@ def randomized_top_eigh(
     generator = torch.Generator().manual_seed(int(seed))
     sketch = torch.randn(batch, dim, width, generator=generator, dtype=torch.float64)
     block = torch.linalg.qr(_apply(operator, inner, sketch.to(operator.device, operator.dtype)))[0]
+    out = TopEigenpairs(operator.new_empty(batch, rank), operator.new_empty(batch, dim, rank),
+                        *(operator.new_empty(batch) for _ in range(3)),
+                        iterations=torch.zeros(batch, dtype=torch.long))  # fmt: skip
+    # The problems still iterating: one that has converged is stored and leaves the batch, so a slow layer (a small
+    # gap) no longer makes every layer of its shape run all n_iter iterations.
+    active = torch.arange(batch, device=operator.device)
     done = 0
     while True:
         image = _apply(operator, inner, block)
         result = _rayleigh_ritz(block, image, rank)
-        result.iterations = done
-        if done >= n_iter or (tolerance is not None and bool((result.angle_bound <= tolerance).all())):
-            return result
+        finished = torch.full_like(result.residual, done >= n_iter, dtype=torch.bool)
+        if tolerance is not None:
+            finished |= result.angle_bound <= tolerance
+        if bool(finished.any()):
+            rows = active[finished]
+            for name in ("values", "vectors", "residual", "gap", "angle_bound"):
+                getattr(out, name)[rows] = getattr(result, name)[finished]
+            out.iterations[rows.cpu()] = done
+            if bool(finished.all()):
+                return out
+            keep = ~finished
+            active, block, image, operator = active[keep], block[keep], image[keep], operator[keep]
+            inner = None if inner is None else inner[keep]
         steps = min(check_every if tolerance is not None else n_iter, n_iter - done)
         block = torch.linalg.qr(image)[0]  # image = C @ block: the first of these power steps, already paid for
         for _ in range(steps - 1):
