@@ -241,10 +241,11 @@ def randomized_top_eigh(
     is never formed. A seeded Gaussian block of ``rank + oversample`` columns is multiplied by C and
     re-orthonormalised up to ``n_iter`` times; the eigenpairs of the projected (rank + oversample)^2 matrix give the
     Ritz pairs. With ``tolerance``, the Ritz pairs are checked every ``check_every`` iterations (a check reuses
-    the product the next iteration needs, and costs l^2 d against the d^2 l of an iteration) and the iteration
-    stops for each problem once its ``angle_bound`` is within it (the rest of the batch goes on without it). Maths in the operator's dtype (float32 or float64). The subspace error shrinks like
-    (lam_{l+1} / lam_r)^(2 n_iter + 1), l = rank + oversample, so a spectrum with a gap after the r-th eigenvalue
-    converges in a few iterations; the returned ``angle_bound`` says per problem whether it did.
+    the product the next iteration needs, and costs l^2 d against the d^2 l of an iteration) and each problem stops
+    once its ``angle_bound`` is within it (the rest of the batch goes on without it). Maths in the operator's dtype
+    (float32 or float64). The subspace error shrinks like (lam_{l+1} / lam_r)^(2 n_iter + 1), l = rank + oversample,
+    so a spectrum with a gap after the r-th eigenvalue converges in a few iterations; the returned ``angle_bound``
+    says per problem whether it did.
     """
     if operator.dim() == 2:
         operator = operator[None]
