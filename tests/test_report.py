@@ -209,3 +209,30 @@ def test_suite_forgetting_is_one_column_per_row_and_untrained_shows_no_rate(tmp_
     assert "| avg commonsense | forgetting (nats) |" in text
     assert "| lora (lr=0.001) | 0.04M (4.00%) | **100.0 ± 0.0** | **0.0 ± 0.0** | **50.0** | +0.200 ± 0.141 |" in text
     assert "| untrained | 0.04M (4.00%) | **100.0 (n=1)** | **0.0 (n=1)** | **50.0** | +0.000 |" in text
+
+
+def test_a_table_with_several_seeds_gets_a_per_seed_table(results_dir, tmp_path):
+    from astra.report.tables import seeds_markdown
+
+    fx, ablation = build_tables(load_results(results_dir))[1], build_tables(load_results(results_dir))[0]
+    text = seeds_markdown(fx)
+    assert text.startswith("### fx: tiny: per seed")
+    assert "| method | arc_e (seeds 1 / 2) | gsm8k (seeds 1 / 2) | piqa (seeds 1 / 2) |" in text
+    assert "| astra | 45.0 / – | 60.0 / 70.0 | – / – |" in text  # the failed seed 2 of arc_e is missing, not zero
+    assert "| lora | 40.0 / 40.0 | 50.0 / 60.0 | 70.0 / 80.0 |" in text  # the newer of the duplicate seed-1 runs
+    assert seeds_markdown(ablation) is None  # one seed per cell: nothing to spread
+    written = {p.name for p in write_report(results_dir, tmp_path / "paper", figures=False)}
+    assert "fx_tiny_seeds.md" in written and "ablation_rank_tiny_seeds.md" not in written
+
+
+def test_a_file_an_earlier_report_wrote_and_this_one_does_not_is_removed(results_dir, tmp_path):
+    out = tmp_path / "paper"
+    write_report(results_dir, out, figures=False)
+    assert (out / "tables" / "fx_tiny_vs_lora.md").is_file()
+    mine = out / "tables" / "my_notes.md"  # not the report's: never touched
+    mine.write_text("keep")
+    (results_dir / "fx" / "00-lora-gsm8k.json").write_text(
+        json.dumps(result("lora", "gsm8k", 1, 0.3, created="2026-11-24T10:00:00", rank=16, experiment="fx")))
+    written = {p.name for p in write_report(results_dir, out, figures=False)}  # two lora rows now: no baseline
+    assert "fx_tiny_vs_lora.md" not in written and not (out / "tables" / "fx_tiny_vs_lora.md").exists()
+    assert (out / "tables" / "fx_tiny.md").is_file() and mine.read_text() == "keep"

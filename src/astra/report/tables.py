@@ -20,6 +20,7 @@ MISSING = "–"
 class Cell:
     values: list[float]
     dirty: bool
+    seeds: list[Any] = field(default_factory=list)  # the seed of each value
 
     @property
     def mean(self) -> float:
@@ -117,6 +118,7 @@ def build_table(results: list[dict[str, Any]], title: str) -> Table:
             continue
         cell = row.cells.setdefault(result["task"], Cell([], False))
         cell.values.append(value)
+        cell.seeds.append(result.get("seed"))
         cell.dirty |= bool(lookup(result, "git.dirty"))
     ordered = sorted(rows.values(), key=lambda row: (_method_rank(row.method), row.variant, row.label))
     return Table(title, tasks, dict(families), metrics, ordered, notes)
@@ -210,3 +212,22 @@ def table_latex(table: Table) -> str:
     lines += [r"\bottomrule", r"\end{tabular}"]
     lines += [rf"\par\footnotesize {_latex_escape(note)}" for note in _footnotes(table)]
     return "\n".join([*lines, r"\end{table}"]) + "\n"
+
+
+def seeds_markdown(table: Table) -> str | None:
+    """Each cell's value per seed (×100, seeds in order), for tables where some cell has more than one seed: the
+    spread a mean ± sd summarises, and which seed gave what. None when every cell has one seed."""
+    if all(len(cell.values) <= 1 for row in table.rows for cell in row.cells.values()):
+        return None
+    seeds = sorted({seed for row in table.rows for c in row.cells.values() for seed in c.seeds}, key=str)
+    header = ["method", *[f"{task} (seeds {' / '.join(map(str, seeds))})" for task in table.tasks]]
+    lines = [f"### {table.title}: per seed", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.rows:
+        texts = []
+        for task in table.tasks:
+            cell = row.cells.get(task)
+            by_seed = {} if cell is None else dict(zip(cell.seeds, cell.values))
+            texts.append(" / ".join(f"{100 * by_seed[seed]:.1f}" if seed in by_seed else MISSING for seed in seeds))
+        lines.append("| " + " | ".join([row.label, *texts]) + " |")
+    notes = [f"The primary metric (as in the main table) ×100 per seed; {MISSING}: that seed not run."]
+    return "\n".join([*lines, "", *notes]) + "\n"

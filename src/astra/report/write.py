@@ -8,7 +8,7 @@ from typing import Any
 from astra.report.figures import _slug, group_by, plot_ablations, plot_training_curves
 from astra.report.intervals import difference_table
 from astra.report.results import expand_suites, load_results, newest_per_cell
-from astra.report.tables import Table, build_table, table_latex, table_markdown
+from astra.report.tables import Table, build_table, seeds_markdown, table_latex, table_markdown
 
 FORMATS = ("md", "tex")
 
@@ -55,6 +55,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path, filters: list[str
     results = load_results(results_dir, filters)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    previous = _listed_in_index(out)
     written: list[Path] = []
     for table in build_tables(results):
         stem = out / "tables" / _slug(table.title.replace(": ", "_"))
@@ -62,6 +63,11 @@ def write_report(results_dir: str | Path, out_dir: str | Path, filters: list[str
         for fmt in formats:
             path = stem.with_suffix(f".{fmt}")
             path.write_text(table_markdown(table) if fmt == "md" else table_latex(table), encoding="utf-8")
+            written.append(path)
+        per_seed = seeds_markdown(table) if "md" in formats else None
+        if per_seed is not None:
+            path = stem.with_name(f"{stem.name}_seeds.md")
+            path.write_text(per_seed, encoding="utf-8")
             written.append(path)
     ok, failed, _ = split_ok(results)
     if "md" in formats:  # each row against LoRA, with paired bootstrap intervals over test items
@@ -81,4 +87,20 @@ def write_report(results_dir: str | Path, out_dir: str | Path, filters: list[str
              + (f" matching {list(filters)}" if filters else "") + f" ({len(ok)} ok, {len(failed)} not).", ""]  # fmt: skip
     index += [f"- [{p.relative_to(out)}]({p.relative_to(out)})" for p in written]
     (out / "index.md").write_text("\n".join(index) + "\n", encoding="utf-8")
+    for stale in previous - {p.resolve() for p in written}:  # e.g. a _vs_lora table whose baseline is no longer one row
+        stale.unlink(missing_ok=True)
     return [*written, out / "index.md"]
+
+
+def _listed_in_index(out: Path) -> set[Path]:
+    """The files an earlier report wrote into ``out`` (its index.md lists them), so those it no longer writes go."""
+    index = out / "index.md"
+    if not index.is_file():
+        return set()
+    listed = set()
+    for line in index.read_text(encoding="utf-8").splitlines():
+        if line.startswith("- [") and "](" in line and line.endswith(")"):
+            path = (out / line[line.index("](") + 2 : -1]).resolve()
+            if path.parent.parent == out.resolve() and path.parent.name in ("tables", "figures"):
+                listed.add(path)  # only the report's own folders: never anything else below out
+    return listed
