@@ -12,10 +12,7 @@ A randomized solve is accepted when its Davis-Kahan angle estimate (``TopEigenpa
 ``tolerance``. A layer that is not is solved once more with the wider block ``retry_oversample`` when one is set
 (a cluster of eigenvalues just below lam_r slows a narrow block; a wider one reaches past it) and the block stays
 narrower than the problem. What is still unconverged goes to ``on_unconverged``: ``exact`` re-solves the layer
-exactly (the result is the reference's), ``warn`` keeps the approximate basis. Under ``exact`` a layer stops
-iterating as soon as its estimate, extrapolated at its current rate of decrease, would miss ``tolerance`` within
-``n_iter`` (its exact re-solve then follows a few iterations, not ``n_iter``); under ``warn`` it runs all of them,
-since its approximate basis is what is kept. Either way the layers are named in a
+exactly (the result is the reference's), ``warn`` keeps the approximate basis. Either way the layers are named in a
 warning and in the init report.
 """
 
@@ -96,7 +93,7 @@ def _randomized_once(problems: list[EigenProblem], rank: int, solver: SolverOpti
     inner = torch.stack([p.inner for p in problems]) if factored else None
     top = randomized_top_eigh(
         operator, rank, inner=inner, oversample=solver.oversample, n_iter=solver.n_iter, seed=seed,
-        tolerance=solver.tolerance, stop_hopeless=solver.on_unconverged == "exact",
+        tolerance=solver.tolerance,
     )
     del operator, inner
     checks = torch.stack([top.residual, top.gap, top.angle_bound]).double().cpu().tolist()  # one host read
@@ -157,8 +154,6 @@ def solver_summary(checks: dict[str, dict], solver: SolverOptions) -> dict:
         "unconverged_layers": unconverged,
         "on_unconverged": solver.on_unconverged,
         "retried": sum(bool(c.get("retried")) for c in checks.values()),
-        # unconverged layers that stopped before n_iter: their estimate could not reach the tolerance in time
-        "stopped_early": sum(not c["converged"] and c["iterations"] < solver.n_iter for c in randomized.values()),
     }
     if randomized:
         summary.update(oversample=solver.oversample, retry_oversample=solver.retry_oversample, n_iter=solver.n_iter,

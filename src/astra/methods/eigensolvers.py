@@ -233,7 +233,6 @@ def randomized_top_eigh(
     seed: int = 0,
     tolerance: float | None = None,
     check_every: int = 1,
-    stop_hopeless: bool = False,
 ) -> TopEigenpairs:
     """The ``rank`` largest eigenpairs of PSD matrices by randomized subspace iteration (Halko, Martinsson and
     Tropp 2011, Alg. 4.4, with a Rayleigh-Ritz step).
@@ -246,10 +245,7 @@ def randomized_top_eigh(
     once its ``angle_bound`` is within it (the rest of the batch goes on without it). Maths in the operator's dtype
     (float32 or float64). The subspace error shrinks like (lam_{l+1} / lam_r)^(2 n_iter + 1), l = rank + oversample,
     so a spectrum with a gap after the r-th eigenvalue converges in a few iterations; the returned ``angle_bound``
-    says per problem whether it did. With ``stop_hopeless`` (and ``tolerance``), a problem also stops, unconverged,
-    once its estimate, extrapolated at the rate it fell over the last check, would still be above ``tolerance``
-    after the remaining iterations: a caller that re-solves unconverged problems exactly then pays a few iterations
-    for them instead of ``n_iter`` (a small gap converges like (lam_{l+1} / lam_r)^(2 n_iter), too slowly to wait for).
+    says per problem whether it did.
     """
     if operator.dim() == 2:
         operator = operator[None]
@@ -269,17 +265,13 @@ def randomized_top_eigh(
     # The problems still iterating: one that has converged is stored and leaves the batch, so a slow layer (a small
     # gap) no longer makes every layer of its shape run all n_iter iterations.
     active = torch.arange(batch, device=operator.device)
-    done, previous = 0, None
+    done = 0
     while True:
         image = _apply(operator, inner, block)
         result = _rayleigh_ritz(block, image, rank)
         finished = torch.full_like(result.residual, done >= n_iter, dtype=torch.bool)
         if tolerance is not None:
             finished |= result.angle_bound <= tolerance
-            if stop_hopeless and previous is not None and done >= 2:  # two checks of history: past the start-up
-                rate = (result.angle_bound / previous.clamp_min(torch.finfo(previous.dtype).tiny)).clamp_max(1.0)
-                finished |= result.angle_bound * rate ** ((n_iter - done) / check_every) > tolerance
-            previous = result.angle_bound
         if bool(finished.any()):
             rows = active[finished]
             for name in ("values", "vectors", "residual", "gap", "angle_bound"):
@@ -289,7 +281,6 @@ def randomized_top_eigh(
                 return out
             keep = ~finished
             active, block, image, operator = active[keep], block[keep], image[keep], operator[keep]
-            previous = None if previous is None else previous[keep]
             inner = None if inner is None else inner[keep]
         steps = min(check_every if tolerance is not None else n_iter, n_iter - done)
         block = torch.linalg.qr(image)[0]  # image = C @ block: the first of these power steps, already paid for
