@@ -77,7 +77,7 @@ from astra.methods.base import InitContext  # noqa: E402
 CONF = Path(__file__).resolve().parents[2] / "conf" / "method"
 METHODS = ("lora", "dora", "pissa", "lora_ga", "astra", "astra_auto", "astra_auto_retry", "reference")
 # Arms that are a method YAML with init options changed: astra_auto is Astra with method.init.eigensolver=auto
-# (randomized top-r eigenvectors where r + oversample <= size / 4, with exact fallback for unconverged layers);
+# (randomized top-r eigenvectors where max(n_iter, 4) x (r + oversample) <= size, with exact fallback for unconverged layers);
 # astra_auto_retry the same with retry_oversample=64 (a wider second solve before the fallback).
 VARIANTS = {"astra_auto": ("astra", {"eigensolver": "auto"}),
             "astra_auto_retry": ("astra", {"eigensolver": "auto", "retry_oversample": 64})}

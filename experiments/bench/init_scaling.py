@@ -9,7 +9,7 @@ peak memory is that width's own:
 
 - ``fwd_s``: a plain forward pass over the calibration batches (no hooks, no grad), the work calibration adds to;
 - ``calib_s`` / ``post_s`` / ``init_s``: Astra's calibration pass, its eigen stage and the whole init (wrapping
-  included), for each ``--eigensolvers`` arm (``auto``: randomized top-r where r + oversample <= size / 4);
+  included), for each ``--eigensolvers`` arm (``auto``: randomized top-r where max(n_iter, 4) (r + oversample) <= size);
 - ``peak_MB``: peak resident memory of the init above what the model and data took (VmHWM, reset before it).
 
 Then, per column, the exponent k of time ~ d^k fitted by least squares on log-log axes. A forward pass over T
