@@ -75,12 +75,14 @@ from astra.methods.astra import write_adapter  # noqa: E402
 from astra.methods.base import InitContext  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "method"
-METHODS = ("lora", "dora", "pissa", "lora_ga", "astra", "astra_auto", "astra_auto_retry", "reference")
+METHODS = ("lora", "dora", "pissa", "lora_ga", "astra", "astra_auto", "astra_auto_retry", "astra_auto_warn", "reference")
 # Arms that are a method YAML with init options changed: astra_auto is Astra with method.init.eigensolver=auto
 # (randomized top-r eigenvectors where max(n_iter, 4) x (r + oversample) <= size, with exact fallback for unconverged layers);
-# astra_auto_retry the same with retry_oversample=64 (a wider second solve before the fallback).
+# astra_auto_retry the same with retry_oversample=64 (a wider second solve before the fallback); astra_auto_warn
+# keeps unconverged randomized bases (on_unconverged=warn) instead of re-solving them exactly.
 VARIANTS = {"astra_auto": ("astra", {"eigensolver": "auto"}),
-            "astra_auto_retry": ("astra", {"eigensolver": "auto", "retry_oversample": 64})}
+            "astra_auto_retry": ("astra", {"eigensolver": "auto", "retry_oversample": 64}),
+            "astra_auto_warn": ("astra", {"eigensolver": "auto", "on_unconverged": "warn"})}
 DEFAULTS = {  # samples, tokens, rank
     "tiny": (16, 128, 16),
     "llama100m": (16, 128, 16),

@@ -65,8 +65,8 @@ def main(argv=None) -> None:
     if not (args.data_root / "ARC-Easy" / "train.json").is_file():
         parser.error(f"--data-root {args.data_root} has no ARC-Easy/train.json (pass the folder ../shared/data)")
     torch.set_num_threads(args.threads)
-    from peft import LoraConfig, get_peft_model
     from omegaconf import OmegaConf
+    from peft import LoraConfig, get_peft_model
 
     from astra import pipeline
     from astra.adapter_layers import lora_layers
