@@ -57,7 +57,7 @@ def rss(field: str) -> int:
 def worker(args) -> None:
     """One width: forward and Astra init times (median over ``--rounds``) and peak memory; one JSON line."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from init_cost import method_config, run_init  # the init exactly as init_cost (and apply_method) runs it
+    from init_arms import method_config, run_init  # the init exactly as init_cost (and apply_method) runs it
     from torch.utils.data import DataLoader
 
     torch.set_num_threads(args.threads)
