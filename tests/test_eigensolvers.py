@@ -150,8 +150,11 @@ def test_a_wide_factored_moment_stays_factored_for_randomized_and_is_dense_for_e
 
 
 def test_solver_choice_and_bad_options():
-    auto = SolverOptions("auto", oversample=16)
-    assert auto.choose("top", 8, 96) == "randomized" and auto.choose("top", 8, 95) == "exact"
+    auto = SolverOptions("auto", oversample=16)  # n_iter 16: randomized where 16 (r + 16) <= d
+    assert auto.choose("top", 8, 384) == "randomized" and auto.choose("top", 8, 383) == "exact"
+    assert auto.choose("top", 32, 576) == "exact" and auto.choose("top", 128, 4096) == "randomized"  # 16 x 144
+    few = SolverOptions("auto", oversample=16, n_iter=2)  # at least 4 (r + oversample): the old quarter rule
+    assert few.choose("top", 8, 96) == "randomized" and few.choose("top", 8, 95) == "exact"
     assert auto.choose("bottom", 8, 4096) == "exact" and auto.choose("random", 8, 4096) == "exact"
     assert SolverOptions("exact").choose("top", 1, 10**6) == "exact"
     with pytest.raises(ValueError, match="subspace='bottom' needs the exact solver"):

@@ -236,3 +236,20 @@ def test_a_file_an_earlier_report_wrote_and_this_one_does_not_is_removed(results
     written = {p.name for p in write_report(results_dir, out, figures=False)}  # two lora rows now: no baseline
     assert "fx_tiny_vs_lora.md" not in written and not (out / "tables" / "fx_tiny_vs_lora.md").exists()
     assert (out / "tables" / "fx_tiny.md").is_file() and mine.read_text() == "keep"
+
+
+def test_a_suite_gets_a_pooled_column_over_every_tasks_items(tmp_path):
+    folder = tmp_path / "results" / "fx"
+    folder.mkdir(parents=True)
+    runs = [result("lora", "gsm8k", 1, 0.25, items=items([1, 0, 0, 0])),
+            result("lora", "arc_e", 1, 0.0, items=items([0, 0, 0, 0])),
+            result("astra", "gsm8k", 1, 0.5, items=items([1, 1, 0, 0])),
+            result("astra", "arc_e", 1, 1.0, items=items([1, 1, 1, 1]))]  # fmt: skip
+    for k, run in enumerate(runs):
+        (folder / f"{k}.json").write_text(json.dumps(run))
+    write_report(tmp_path / "results", tmp_path / "paper", figures=False)
+    text = (tmp_path / "paper" / "tables" / "fx_tiny_vs_lora.md").read_text()
+    assert "| method | arc_e | gsm8k | all items |" in text
+    # the two tasks share item ids a..d: pooled, they stay 8 items; differences 1,1,1,1 and 0,1,0,0: 5/8
+    assert "| astra | +100.0 [+100.0, +100.0] | +25.0 [" in text and "| +62.5 [" in text
+    assert "all items 8" in text

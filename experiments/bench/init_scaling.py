@@ -9,7 +9,9 @@ peak memory is that width's own:
 
 - ``fwd_s``: a plain forward pass over the calibration batches (no hooks, no grad), the work calibration adds to;
 - ``calib_s`` / ``post_s`` / ``init_s``: Astra's calibration pass, its eigen stage and the whole init (wrapping
-  included), for each ``--eigensolvers`` arm (``auto``: randomized top-r where r + oversample <= size / 4);
+  included), for each ``--eigensolvers`` arm (``auto``: randomized top-r where max(n_iter, 4) (r + oversample) <=
+  size; ``auto_warn``: the same, keeping unconverged randomized bases, ``on_unconverged=warn``, rather than
+  re-solving them with ``eigh``);
 - ``peak_MB``: peak resident memory of the init above what the model and data took (VmHWM, reset before it).
 
 Then, per column, the exponent k of time ~ d^k fitted by least squares on log-log axes. A forward pass over T
@@ -55,7 +57,7 @@ def rss(field: str) -> int:
 def worker(args) -> None:
     """One width: forward and Astra init times (median over ``--rounds``) and peak memory; one JSON line."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from init_cost import method_config, run_init  # the init exactly as init_cost (and apply_method) runs it
+    from init_arms import method_config, run_init  # the init exactly as init_cost (and apply_method) runs it
     from torch.utils.data import DataLoader
 
     torch.set_num_threads(args.threads)
@@ -83,7 +85,7 @@ def worker(args) -> None:
     import copy
 
     for arm in args.eigensolvers:
-        name = "astra" if arm == "exact" else "astra_auto"
+        name = {"exact": "astra", "auto": "astra_auto", "auto_warn": "astra_auto_warn"}[arm]
         method_config(name, args.rank)  # fails early on a bad arm
         totals, calibs, posts, peaks = [], [], [], []
         for _ in range(args.rounds):
@@ -120,7 +122,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--eigensolvers", nargs="+", default=["auto"], choices=["auto", "exact"])
+    parser.add_argument("--eigensolvers", nargs="+", default=["auto"], choices=["auto", "exact", "auto_warn"])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: robust to a shared machine)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "init_scaling.json")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)

@@ -5,8 +5,12 @@
 - ``exact``: dense ``eigh`` of every layer's eigenproblem (the reference code's semantics; the default);
 - ``randomized``: the top-r eigenvectors by randomized subspace iteration (:func:`randomized_top_eigh`), for the
   ``top`` arm only (``bottom``/``middle`` need the other end or the middle of the spectrum, ``random`` none);
-- ``auto``: randomized for the ``top`` arm when r + oversample is at most a quarter of the problem size (where it
-  is cheaper than a dense solve), exact otherwise.
+- ``auto``: randomized for the ``top`` arm when max(n_iter, 4) x (r + oversample) is at most the problem size d,
+  exact otherwise. The rule is a cost model: the randomized solve's worst case is n_iter products of d x d by
+  d x (r + oversample), about n_iter d^2 (r + oversample) operations, against about d^3 for the dense solve. On
+  SmolLM2-135M's real moments (d = 576, n_iter = 16; ``experiments/bench/real_eigensolver.py``) the randomized
+  solve was 0.58x exact at r = 8 (16 x 24 = 384 <= 576) and 2.7x at r = 32 (16 x 48 = 768 > 576), where most
+  layers also needed all 16 iterations and an exact re-solve.
 
 A randomized solve is accepted when its Davis-Kahan angle estimate (``TopEigenpairs.angle_bound``) is at most
 ``tolerance``. A layer that is not is solved once more with the wider block ``retry_oversample`` when one is set
@@ -67,7 +71,7 @@ class SolverOptions:
             return "exact"
         if self.eigensolver == "randomized":
             return "randomized"
-        return "randomized" if 4 * (rank + self.oversample) <= size else "exact"
+        return "randomized" if max(self.n_iter, 4) * (rank + self.oversample) <= size else "exact"
 
 
 def randomized_bases(

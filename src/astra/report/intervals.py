@@ -66,25 +66,40 @@ def difference_table(results: list[dict[str, Any]], title: str, baseline: str = 
     tasks = sorted({r["task"] for r in results if r.get("items")})
     if not tasks:
         return None
+    pooled = len(tasks) > 1  # a suite: one more column, every task's items resampled together
+    columns = tasks + ([POOLED] if pooled else [])
     lines = [f"### {title}: difference to {baseline} (×100, 95% paired bootstrap interval over test items)", "",
-             "| method | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]  # fmt: skip
+             "| method | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]  # fmt: skip
     counts = {}
     for label in sorted(by_row, key=lambda lb: (_method_rank(methods[lb]), lb)):
         if label == base_labels[0]:
             continue
-        cells = []
+        cells, row_all, base_all = [], {}, {}
         for task in tasks:
             row_runs, base_runs = common_seeds(by_row[label].get(task, []), base.get(task, []))
-            interval = (paired_interval(per_item_means(row_runs), per_item_means(base_runs))
-                        if row_runs and base_runs else None)  # fmt: skip
-            if interval is None:
-                cells.append(MISSING)
-                continue
-            mean, low, high, n_items = interval
-            counts[task] = n_items
-            cells.append(f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
+            row_items, base_items = (per_item_means(row_runs), per_item_means(base_runs)) if row_runs and base_runs \
+                else ({}, {})  # fmt: skip
+            row_all.update({f"{task}/{item}": value for item, value in row_items.items()})
+            base_all.update({f"{task}/{item}": value for item, value in base_items.items()})
+            cells.append(_cell(paired_interval(row_items, base_items), counts, task))
+        if pooled:
+            cells.append(_cell(paired_interval(row_all, base_all), counts, POOLED))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    items = ", ".join(f"{task} {n}" for task, n in sorted(counts.items()))
+    items = ", ".join(f"{task} {counts[task]}" for task in columns if task in counts)
     lines += ["", f"Items compared: {items}. Per item, each row's right/wrong averaged over its seeds; "
               f"{BOOTSTRAP_SAMPLES} resamples of the items, seed 0."]  # fmt: skip
+    if pooled:
+        lines[-1] += (f" {POOLED}: the items of every task resampled together (the item-weighted mean of the tasks' "
+                      "differences; with equal item counts, the difference of the suite averages).")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+POOLED = "all items"
+
+
+def _cell(interval: tuple[float, float, float, int] | None, counts: dict[str, int], column: str) -> str:
+    if interval is None:
+        return MISSING
+    mean, low, high, n_items = interval
+    counts[column] = n_items
+    return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
