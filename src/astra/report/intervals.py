@@ -18,6 +18,7 @@ import torch
 from astra.report.tables import MISSING, _method_rank, row_label, varying_keys
 
 BOOTSTRAP_SAMPLES = 10_000
+POOLED = "all items"  # the column of a suite's table that resamples every task's items together
 
 
 def per_item_means(results: list[dict[str, Any]]) -> dict[str, float]:
@@ -77,8 +78,7 @@ def difference_table(results: list[dict[str, Any]], title: str, baseline: str = 
         cells, row_all, base_all = [], {}, {}
         for task in tasks:
             row_runs, base_runs = common_seeds(by_row[label].get(task, []), base.get(task, []))
-            row_items, base_items = (per_item_means(row_runs), per_item_means(base_runs)) if row_runs and base_runs \
-                else ({}, {})  # fmt: skip
+            row_items, base_items = per_item_means(row_runs), per_item_means(base_runs)  # {} when no seed is shared
             row_all.update({f"{task}/{item}": value for item, value in row_items.items()})
             base_all.update({f"{task}/{item}": value for item, value in base_items.items()})
             cells.append(_cell(paired_interval(row_items, base_items), counts, task))
@@ -92,9 +92,6 @@ def difference_table(results: list[dict[str, Any]], title: str, baseline: str = 
         lines[-1] += (f" {POOLED}: the items of every task resampled together (the item-weighted mean of the tasks' "
                       "differences; with equal item counts, the difference of the suite averages).")  # fmt: skip
     return "\n".join(lines) + "\n"
-
-
-POOLED = "all items"
 
 
 def _cell(interval: tuple[float, float, float, int] | None, counts: dict[str, int], column: str) -> str:
