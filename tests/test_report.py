@@ -103,6 +103,8 @@ def test_write_report_tables_failed_list_figures_and_index(results_dir, tmp_path
     assert ablations == ["ablation_rank_tiny_gsm8k_ablation_rank.pdf", "ablation_rank_tiny_gsm8k_ablation_rank.png"]
     assert (out / "figures" / "fx_tiny_gsm8k_train-loss.png").read_bytes()[:4] == b"\x89PNG"
     assert all(p.name in (out / "index.md").read_text() for p in written if p.name != "index.md")
+    again = write_report(results_dir, tmp_path / "again")  # byte-identical: committed figures do not churn
+    assert [p.read_bytes() for p in again if p.parent.name == "figures"] == [p.read_bytes() for p in figures]
 
 
 def test_filters_select_and_bad_input_is_refused(results_dir, tmp_path, capsys):

@@ -33,7 +33,9 @@ def _save(figure, path: Path) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix in (".png", ".pdf"):
-        figure.savefig(path.with_suffix(suffix), dpi=120, bbox_inches="tight")
+        # No creation date in the PDF, so regenerating the committed figures from the same results is a no-op in git.
+        metadata = {"CreationDate": None} if suffix == ".pdf" else None
+        figure.savefig(path.with_suffix(suffix), dpi=120, bbox_inches="tight", metadata=metadata)
         written.append(path.with_suffix(suffix))
     _pyplot().close(figure)
     return written
