@@ -255,3 +255,25 @@ def test_a_suite_gets_a_pooled_column_over_every_tasks_items(tmp_path):
     # the two tasks share item ids a..d: pooled, they stay 8 items; differences 1,1,1,1 and 0,1,0,0: 5/8
     assert "| astra | +100.0 [+100.0, +100.0] | +25.0 [" in text and "| +62.5 [" in text
     assert "all items 8" in text
+
+
+def test_rate_sweep_plot_draws_the_untrained_row_as_a_level_and_keeps_tied_rows_visible(monkeypatch):
+    from astra.report import figures
+
+    runs = [result(method, "gsm8k", 1, value, experiment="sweep", learning_rate=lr)
+            for method in ("lora", "dora") for lr, value in ((1e-4, 0.5), (1e-3, 0.75))]  # fmt: skip
+    untrained = result("untrained", "gsm8k", 1, 0.25, experiment="sweep", learning_rate=2e-4)
+    untrained["config"]["method"] = {"name": "untrained", "trains": False}
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.append((path.name, figure)) or [])
+    figures.plot_ablations([*runs, untrained], "unused")
+    (name, figure), = drawn  # fmt: skip
+    assert name == "sweep_tiny_gsm8k_ablation_lr"
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert set(lines) == {"dora", "lora", "untrained (no training)"}
+    level = lines["untrained (no training)"]
+    assert list(level.get_ydata()) == [25.0, 25.0] and list(level.get_xdata()) == [0, 1]  # across the axis, no rate
+    assert list(lines["lora"].get_xdata()) == [1e-4, 1e-3] and list(lines["lora"].get_ydata()) == [50.0, 75.0]
+    # dora ties lora at every rate: a different marker and line style keep both visible
+    assert lines["dora"].get_marker() != lines["lora"].get_marker()
+    assert lines["dora"].get_linestyle() != lines["lora"].get_linestyle()

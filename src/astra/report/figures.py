@@ -18,6 +18,8 @@ FIRST_STEPS = 50  # loss and gradient norm are drawn again over the first steps,
 EARLY_CURVES = ("train/loss", "grad/norm")
 LINE_KEYS = {"rank": "rank", "n_calib": "calibration samples", "lr": "learning rate"}
 BAR_KEYS = {"subspace": "eigenvector arm", "calib_source": "calibration source"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":")
 
 
 def _pyplot():
@@ -106,7 +108,13 @@ def plot_ablations(results: list[dict[str, Any]], out_dir: str | Path) -> list[P
             figure, axis = plt.subplots(figsize=(6, 4))
             others = [k for k in varying_keys(scored) if k != key]
             by_row = group_by(scored, "method", *[VARIANT_KEYS[k] for k in others])
-            for _, rows in sorted(by_row.items(), key=str):
+            for index, (_, rows) in enumerate(sorted(by_row.items(), key=str)):
+                if key in LINE_KEYS and lookup(rows[0], "config.method.trains") is False:
+                    # A model that trains nothing has no rate (rank, ...): a reference level, not a point on the axis.
+                    level = statistics.fmean(100 * score(r) for r in rows)
+                    label = f"{row_label(rows[0], others)} (no training)"
+                    axis.axhline(level, color="grey", linestyle="--", linewidth=1, label=label)
+                    continue
                 values = defaultdict(list)
                 for result in rows:
                     values[lookup(result, VARIANT_KEYS[key])].append(100 * score(result))
@@ -116,7 +124,10 @@ def plot_ablations(results: list[dict[str, Any]], out_dir: str | Path) -> list[P
                 if key in BAR_KEYS:
                     axis.bar([str(x) for x in xs], means, alpha=0.7, label=name)
                 else:
-                    axis.plot(xs, means, marker="o", label=name)
+                    # Hollow markers of different shapes, so rows with equal scores (common on small test sets)
+                    # stay visible on top of one another.
+                    style = {"marker": MARKERS[index % len(MARKERS)], "linestyle": LINESTYLES[index % len(LINESTYLES)]}
+                    axis.plot(xs, means, fillstyle="none", markersize=8 - index % 4, label=name, **style)
             if key == "lr":
                 axis.set_xscale("log")
             axis.set_xlabel((LINE_KEYS | BAR_KEYS)[key])
