@@ -4,10 +4,12 @@
     PYTHONPATH=src python experiments/bench/init_scaling.py --widths 512 1024 --eigensolvers auto exact
 
 Per width d (LLaMA-shaped, random weights, ``--layers`` blocks, intermediate size 2.6875 d as LLaMA-2-7B's
-11008 / 4096, vocabulary 8192; LoRA rank ``--rank`` on all seven projections), in a fresh process per width so
-peak memory is that width's own:
+11008 / 4096, vocabulary 8192; LoRA rank ``--rank`` on all seven projections), in a fresh process per width and
+arm, so peak memory is that arm's own (in one process, the pages a first arm freed stay resident and a second arm
+reuses them without raising the peak: an earlier version reported 0.1 MB for an init at d = 1024 that way):
 
-- ``fwd_s``: a plain forward pass over the calibration batches (no hooks, no grad), the work calibration adds to;
+- ``fwd_s``: a plain forward pass over the calibration batches (no hooks, no grad), the work calibration adds to
+  (measured in every arm's process; the median of them);
 - ``calib_s`` / ``post_s`` / ``init_s``: Astra's calibration pass, its eigen stage and the whole init (wrapping
   included), for each ``--eigensolvers`` arm (``auto``: randomized top-r where max(n_iter, 4) (r + oversample) <=
   size; ``auto_warn``: the same, keeping unconverged randomized bases, ``on_unconverged=warn``, rather than
@@ -132,16 +134,20 @@ def main() -> None:
         return
     started = time.perf_counter()
     rows = []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
     for width in args.widths:
-        command = [sys.executable, __file__, "--worker", str(width)]
-        for flag in ("layers", "samples", "seq_len", "rank", "rounds", "threads"):
-            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        command += ["--eigensolvers", *args.eigensolvers]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            raise RuntimeError(f"width {width} failed:\n{done.stderr[-3000:]}")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        row, forwards = {}, []
+        for arm in args.eigensolvers:
+            command = [sys.executable, __file__, "--worker", str(width), "--eigensolvers", arm]
+            for flag in ("layers", "samples", "seq_len", "rank", "rounds", "threads"):
+                command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                raise RuntimeError(f"width {width}, arm {arm} failed:\n{done.stderr[-3000:]}")
+            measured = json.loads(done.stdout.strip().splitlines()[-1])
+            forwards.append(measured.pop("fwd_s"))
+            row.update(measured)
+        rows.append({**row, "fwd_s": median(forwards), "fwd_s_per_process": forwards})
         print(f"d={width}: {rows[-1]}", flush=True)
     columns = ["fwd_s"] + [f"{arm}_{key}" for arm in args.eigensolvers for key in ("init_s", "calib_s", "post_s", "peak_MB")]
     widths = [row["width"] for row in rows]
