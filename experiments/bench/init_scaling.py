@@ -1,6 +1,6 @@
 """How Astra's initialisation grows with model width, against the forward pass over the same calibration data.
 
-    PYTHONPATH=src python experiments/bench/init_scaling.py                        # d = 512 .. 4096, CPU (~10 min)
+    PYTHONPATH=src python experiments/bench/init_scaling.py                        # d = 512 .. 4096, 3 rounds, CPU (~9 min)
     PYTHONPATH=src python experiments/bench/init_scaling.py --widths 512 1024 --eigensolvers auto exact
 
 Per width d (LLaMA-shaped, random weights, ``--layers`` blocks, intermediate size 2.6875 d as LLaMA-2-7B's
@@ -9,11 +9,13 @@ arm, so peak memory is that arm's own (in one process, the pages a first arm fre
 reuses them without raising the peak: an earlier version reported 0.1 MB for an init at d = 1024 that way):
 
 - ``fwd_s``: a plain forward pass over the calibration batches (no hooks, no grad), the work calibration adds to
-  (measured in every arm's process; the median of them);
+  (measured in every arm's process; the median of all their rounds);
 - ``calib_s`` / ``post_s`` / ``init_s``: Astra's calibration pass, its eigen stage and the whole init (wrapping
   included), for each ``--eigensolvers`` arm (``auto``: randomized top-r where max(n_iter, 4) (r + oversample) <=
   size; ``auto_warn``: the same, keeping unconverged randomized bases, ``on_unconverged=warn``, rather than
   re-solving them with ``eigh``);
+- each time is the median of ``--rounds`` repeats in the process; the first carries one-time start-up costs
+  (first calls, lazy initialisation: up to 0.25 s at d = 256), which the median of three discards;
 - ``peak_MB``: peak resident memory of the init above what the model and data took (VmHWM, reset before it).
 
 Then, per column, the exponent k of time ~ d^k fitted by least squares on log-log axes. A forward pass over T
@@ -35,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS_DIR, environment, median, print_table, synthetic_batch, write_json  # noqa: E402
+from common import RESULTS_DIR, environment, median, print_table, spread, synthetic_batch, write_json  # noqa: E402
 
 from astra.models import build_llama_from_config  # noqa: E402
 
@@ -83,7 +85,7 @@ def worker(args) -> None:
         start = time.perf_counter()
         forward()
         seconds.append(time.perf_counter() - start)
-    out["fwd_s"] = median(seconds)
+    out["fwd_times"] = seconds
     import copy
 
     for arm in args.eigensolvers:
@@ -103,6 +105,7 @@ def worker(args) -> None:
             out[f"{arm}_solvers"] = report.get("solvers")
             del model
         out[f"{arm}_init_s"], out[f"{arm}_calib_s"], out[f"{arm}_post_s"] = median(totals), median(calibs), median(posts)
+        out[f"{arm}_init_times"] = totals
         out[f"{arm}_peak_MB"] = max(peaks)
     print(json.dumps(out))
 
@@ -123,7 +126,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="timed repeats per process (min / median / max)")
     parser.add_argument("--eigensolvers", nargs="+", default=["auto"], choices=["auto", "exact", "auto_warn"])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: robust to a shared machine)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "init_scaling.json")
@@ -145,9 +148,9 @@ def main() -> None:
             if done.returncode != 0:
                 raise RuntimeError(f"width {width}, arm {arm} failed:\n{done.stderr[-3000:]}")
             measured = json.loads(done.stdout.strip().splitlines()[-1])
-            forwards.append(measured.pop("fwd_s"))
+            forwards += measured.pop("fwd_times")
             row.update(measured)
-        rows.append({**row, "fwd_s": median(forwards), "fwd_s_per_process": forwards})
+        rows.append({**row, "fwd_s": median(forwards), "fwd_times": forwards})
         print(f"d={width}: {rows[-1]}", flush=True)
     columns = ["fwd_s"] + [f"{arm}_{key}" for arm in args.eigensolvers for key in ("init_s", "calib_s", "post_s", "peak_MB")]
     widths = [row["width"] for row in rows]
@@ -157,6 +160,11 @@ def main() -> None:
     print(f"Astra init against width (fixed depth {args.layers}, {args.samples} x {args.seq_len} calibration tokens, "
           f"r = {args.rank}; last row: k in time ~ d^k)")  # fmt: skip
     print_table([*rows, fit], ["width", "params_M", *columns])
+    print(f"\nSpread over {args.rounds} round(s) per process (seconds, min/median/max; the forward pass from every "
+          "arm's process)")  # fmt: skip
+    spreads = [{"width": row["width"], "fwd_s": spread(row["fwd_times"]),
+                **{f"{arm}_init_s": spread(row[f"{arm}_init_times"]) for arm in args.eigensolvers}} for row in rows]
+    print_table(spreads, list(spreads[0]))
     forward_k = fit["fwd_s"]
     for arm in args.eigensolvers:
         k = fit.get(f"{arm}_init_s")
