@@ -15,7 +15,7 @@ reuses them without raising the peak: an earlier version reported 0.1 MB for an 
   size; ``auto_warn``: the same, keeping unconverged randomized bases, ``on_unconverged=warn``, rather than
   re-solving them with ``eigh``);
 - each time is the median of ``--rounds`` repeats in the process; the first carries one-time start-up costs
-  (first calls, lazy initialisation: up to 0.25 s at d = 256), which the median of three discards;
+  (first calls, lazy initialisation: about 0.2 s), which the median of three discards;
 - ``peak_MB``: peak resident memory of the init above what the model and data took (VmHWM, reset before it).
 
 Then, per column, the exponent k of time ~ d^k fitted by least squares on log-log axes. A forward pass over T
