@@ -111,6 +111,9 @@ def test_filters_select_and_bad_input_is_refused(results_dir, tmp_path, capsys):
     assert {r["experiment"] for r in load_results(results_dir, ["experiment=fx"])} == {"fx"}
     assert {r["task"] for r in load_results(results_dir, ["config.task.family=commonsense", "method=lora"])} == {"arc_e", "piqa"}
     assert len(load_results(results_dir, ["git.dirty=true"])) == 1
+    (results_dir / "fx" / "truncated.json").write_text('{"method": "lora", "task":')  # a cut-short write
+    with pytest.warns(UserWarning, match=r"skipping .*truncated\.json: not a readable JSON file"):
+        assert len(load_results(results_dir, ["git.dirty=true"])) == 1  # the readable results are still reported
     assert main(["--results", str(results_dir), "--out", str(tmp_path / "o"), "--filter", "foo"]) == 2
     assert "--filter 'foo' is not valid: expected key=value" in capsys.readouterr().err
     assert main(["--results", str(results_dir), "--out", str(tmp_path / "o"), "--filter", "method=nope"]) == 2

@@ -8,6 +8,7 @@ everything below a folder named ``superseded`` (results kept for the record, wit
 from __future__ import annotations
 
 import json
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,9 @@ def load_results(results_dir: str | Path, filters: list[str] | tuple[str, ...] =
             continue
         try:
             result = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError) as error:
+            # Loud, never silent: a truncated or hand-edited result file would otherwise just vanish from the tables.
+            warnings.warn(f"skipping {path}: not a readable JSON file ({error})", stacklevel=2)
             continue
         if isinstance(result, dict) and "status" in result and isinstance(result.get("config"), dict):
             if matches(result, parsed):
