@@ -31,7 +31,7 @@ run:  ## one run: make run ARGS="method=astra task=gsm8k"
 	$(BIN)/python run.py $(ARGS)
 
 tokenizer:  ## rebuild the tiny model's BPE tokenizer from the shipped sample
-	$(BIN)/python -m astra.data.build_tokenizer
+	$(BIN)/python -m astra.run.build_tokenizer
 
 bench:  ## run the benchmarks (tables printed, JSON under experiments/bench/results/; ~25 min on 2 CPU cores)
 	$(BIN)/python experiments/bench/step_overhead.py

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
-sys.path.insert(0, str(ROOT))  # so tests can `import run`
 
 # Set before anything imports huggingface_hub or wandb.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,7 +31,7 @@ def compose_config(tmp_path: Path, overrides: list[str] = ()):
     """The run config as run.py would see it, with every path inside ``tmp_path``."""
     from hydra import compose, initialize_config_dir
 
-    import astra.hydra_support  # noqa: F401 - registers ${astra_uid:} and ${astra_or:}, as run.py does
+    import astra.run.hydra_support  # noqa: F401 - registers ${astra_uid:} and ${astra_or:}, as run.py does
 
     paths = [
         f"paths.output_dir={tmp_path / 'run'}",

@@ -7,8 +7,9 @@ import sys
 
 import torch
 
-from astra.calibration import MomentOptions, collect_output_moments, collect_weight_gradients
 from astra.calibration.distributed import ensure_process_group, shard_loader, world
+from astra.calibration.gradients import collect_weight_gradients
+from astra.calibration.moments import MomentOptions, collect_output_moments
 
 
 def calibration_setup():
@@ -16,8 +17,9 @@ def calibration_setup():
     partial): what both the 2-rank run and the single-process reference use."""
     from peft import LoraConfig, get_peft_model
 
-    from astra.data.datamodule import TokenizedExamples, collate
-    from astra.models import tiny_llama
+    from astra.data.datamodule import TokenizedExamples
+    from astra.models.build import tiny_llama
+    from astra.tasks.batches import collate
 
     torch.manual_seed(0)
     model = get_peft_model(tiny_llama(vocab_size=256, seed=0), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))

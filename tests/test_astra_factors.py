@@ -12,10 +12,11 @@ import torch
 from hydra.utils import instantiate
 from peft import LoraConfig, get_peft_model
 
-from astra.calibration import FactoredMoment
-from astra.methods.astra import SUBSPACES, astra_basis, astra_factors, init_astra, random_orthonormal
+from astra.calibration.moments import FactoredMoment
+from astra.methods.astra import SUBSPACES, astra_basis, astra_factors, init_astra
 from astra.methods.base import InitContext
-from astra.models import tiny_llama
+from astra.methods.eigensolvers import random_orthonormal
+from astra.models.build import tiny_llama
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method" / "astra.yaml"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -8,13 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from astra.calibration import (
-    MomentOptions,
-    collect_output_moments,
-    collect_weight_gradients,
-    preserve_model_state,
-)
-from astra.calibration.common import NonFiniteStatisticsError
+from astra.calibration.common import NonFiniteStatisticsError, preserve_model_state
+from astra.calibration.gradients import collect_weight_gradients
+from astra.calibration.moments import MomentOptions, collect_output_moments
 from astra.methods.base import InitContext
 
 VOCAB, T = 40, 7

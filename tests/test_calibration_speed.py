@@ -13,10 +13,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from astra.calibration import MomentOptions, collect_output_moments
 from astra.calibration.common import forward_extras, lora_targets
-from astra.calibration.moments import gram_blocks
-from astra.models import tiny_llama
+from astra.calibration.moments import MomentOptions, collect_output_moments, gram_blocks
+from astra.models.build import tiny_llama
 
 aten = torch.ops.aten
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

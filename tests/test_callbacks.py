@@ -19,26 +19,16 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from astra.callbacks import (
-    EffectiveRankMonitor,
-    GradNormMonitor,
-    LossMonitor,
-    LRMonitor,
-    RunFactsMonitor,
-    attach_run_info,
-    build_loggers,
-    collect_summary,
-    default_callbacks,
-    finish_loggers,
-    instantiate_callbacks,
-    logger_session,
-    module_type,
-    moment_rank_metrics,
-)
-from astra.effective_rank import effective_rank
-from astra.methods.base import lora_layers
-from astra.models import tiny_llama
-from astra.telemetry.naming import param_type_and_factor, short_layer_name
+from astra.models.adapters import lora_layers
+from astra.models.build import tiny_llama
+from astra.telemetry.effective_rank import effective_rank
+from astra.telemetry.grad_norm import GradNormMonitor
+from astra.telemetry.loggers import build_loggers, finish_loggers, logger_session
+from astra.telemetry.loss import LossMonitor, LRMonitor
+from astra.telemetry.naming import module_type, param_type_and_factor, short_layer_name
+from astra.telemetry.rank import EffectiveRankMonitor, moment_rank_metrics
+from astra.telemetry.run_facts import RunFactsMonitor
+from astra.telemetry.summary import attach_run_info, collect_summary, default_callbacks, instantiate_callbacks
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "callbacks"
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -376,7 +376,7 @@ def test_malformed_gz_names_the_file_and_the_line(tmp_path):
 
 def test_a_row_missing_a_field_names_the_file_and_the_line(tmp_path):
     from astra.data.datamodule import TaskDataModule
-    from astra.models import load_tiny_tokenizer
+    from astra.models.build import load_tiny_tokenizer
 
     rows = sample_rows("mbpp")[:3]
     del rows[2]["test_list"]
@@ -385,7 +385,7 @@ def test_a_row_missing_a_field_names_the_file_and_the_line(tmp_path):
     cfg = task_cfg("mbpp")
     cfg.source, cfg.data.test, cfg.train_limit = "files", str(path), 4
     cfg.data.train = str(next((SAMPLES_DIR / "codefeedback").glob("train.jsonl")))
-    datamodule = TaskDataModule(cfg, load_tiny_tokenizer(), batch_size=2, seed=0)
+    datamodule = TaskDataModule(cfg, get_family(cfg.family), load_tiny_tokenizer(), batch_size=2, seed=0)
     with pytest.raises(ValueError, match=re.escape(f"test file {path} line 3: MBPP row lacks field 'test_list'")):
         datamodule.setup()
 

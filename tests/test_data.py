@@ -7,9 +7,11 @@ import json
 import pytest
 import torch
 
-from astra.data.datamodule import IGNORE_INDEX, TaskDataModule, collate, tokenize_example
+from astra.data.datamodule import TaskDataModule
 from astra.data.sources import read_rows
-from astra.models import load_tiny_tokenizer
+from astra.models.build import load_tiny_tokenizer
+from astra.tasks.base import get_family
+from astra.tasks.batches import IGNORE_INDEX, collate, tokenize_example
 from astra.tasks.math import gsm8k_example
 
 ROW = {"question": "Tom has 3 apples and buys 4,000 more. How many?", "answer": "3+4000=<<3+4000=4003>>4003\n#### 4,003"}
@@ -60,7 +62,7 @@ def test_missing_data_file_is_named(tmp_path):
 
 def _datamodule(compose_cfg, tokenizer, overrides=()):
     cfg = compose_cfg(list(overrides))
-    return TaskDataModule(cfg.task, tokenizer, batch_size=4, seed=cfg.seed, val_size=cfg.trainer.val_size)
+    return TaskDataModule(cfg.task, get_family(cfg.task.family), tokenizer, batch_size=4, seed=cfg.seed, val_size=cfg.trainer.val_size)
 
 
 def test_row_without_fields_names_the_row(compose_cfg, tokenizer, tmp_path):

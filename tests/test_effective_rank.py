@@ -1,4 +1,4 @@
-"""Effective rank / stable rank maths (astra.effective_rank)."""
+"""Effective rank / stable rank maths (astra.telemetry.effective_rank)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from astra.effective_rank import (
+from astra.telemetry.effective_rank import (
     dense_ranks,
     dense_singular_values,
     effective_rank,

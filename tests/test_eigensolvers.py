@@ -12,12 +12,12 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from astra.calibration import FactoredMoment
+from astra.calibration.moments import FactoredMoment
 from astra.methods.astra import astra_basis, init_astra
 from astra.methods.base import InitContext
 from astra.methods.eigensolver_policy import SolverOptions
 from astra.methods.eigensolvers import eigen_problem, exact_basis, randomized_top_eigh
-from astra.models import tiny_llama
+from astra.models.build import tiny_llama
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "astra"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

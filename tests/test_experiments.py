@@ -13,8 +13,9 @@ import sys
 import pytest
 from conftest import CONF_DIR, ROOT, compose_config, config_groups
 
-import run
-from astra.validation import ConfigError, validate_run_config
+from astra.run import runner
+from astra.run.validation import ConfigError, validate_run_config
+from astra.tasks.base import get_family
 
 EXPERIMENTS = [name for name in config_groups()["experiment"] if not name.startswith("_")]
 ABLATIONS = config_groups()["ablation"]
@@ -28,7 +29,7 @@ def sweep_of(kind: str, name: str) -> dict[str, list[str]]:
     """The grid's sweeper params as Hydra composes them (a *_smoke file inherits its parent's)."""
     from hydra import compose, initialize_config_dir
 
-    import astra.hydra_support  # noqa: F401 - the config resolvers
+    import astra.run.hydra_support  # noqa: F401 - the config resolvers
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"{kind}={name}"], return_hydra_config=True)
@@ -78,7 +79,7 @@ def test_one_cell_of_each_grid_dry_runs(tmp_path, monkeypatch, kind, name):
     cfg = compose_config(tmp_path, [f"{kind}={name}", *cell])
     real = ["task.row_ids=null"] if name.startswith("real_") else []  # the real split's ids index ../shared data
     cfg = compose_config(tmp_path, [f"{kind}={name}", *cell, *TINY, *tiny_overrides(cfg), *real])
-    run.train(cfg, overrides=cell)
+    runner.train(cfg, overrides=cell)
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "ok" and result["steps_done"] == 2 and result["experiment"] == cfg.experiment_name
 
@@ -86,22 +87,22 @@ def test_one_cell_of_each_grid_dry_runs(tmp_path, monkeypatch, kind, name):
 def test_rank_ablation_keeps_the_scale_and_calib_source_reads_other_data(tmp_path):
     cfg = compose_config(tmp_path, ["ablation=rank", "rank=64"])
     assert cfg.alpha == 64
-    from astra import pipeline
-    from astra.calibration_source import calibration_loader
-    from astra.models import build_tokenizer
+    from astra.calibration.source import calibration_loader
+    from astra.models.build import build_tokenizer
+    from astra.run import steps
 
     for source, expected in (("task:arc_e", "Please choose the correct answer"), ("generic_text", None)):
         cfg = compose_config(tmp_path, ["method=astra", f"calibration_source={source}", "calibration_samples=4",
                                         "task.max_length=256"])  # fmt: skip
         tokenizer = build_tokenizer(cfg.model)
-        loader = calibration_loader(cfg, pipeline.build_datamodule(cfg, tokenizer))
+        loader = calibration_loader(cfg, steps.build_datamodule(cfg, get_family(cfg.task.family), tokenizer), get_family(cfg.task.family), family_of=get_family)
         batch = next(iter(loader))
         assert batch["input_ids"].shape == (4, 256)
         text = tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
         assert expected in text if expected else (batch["attention_mask"] == 1).all()  # generic text: full windows
     cfg = compose_config(tmp_path, ["method=astra", "calibration_source=task:nope"])
     with pytest.raises(ValueError, match=r"calibration_source=task:nope: no task config .* expected 'task'"):
-        calibration_loader(cfg, pipeline.build_datamodule(cfg, build_tokenizer(cfg.model)))
+        calibration_loader(cfg, steps.build_datamodule(cfg, get_family(cfg.task.family), build_tokenizer(cfg.model)), get_family(cfg.task.family), family_of=get_family)
 
 
 @pytest.mark.parametrize("trainer", config_groups()["trainer"])

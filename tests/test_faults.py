@@ -20,10 +20,10 @@ import pytest
 import torch
 from conftest import ROOT, compose_config
 
-import run
-from astra.interrupts import RunInterrupted
-from astra.training import CausalLMModule, TrainingDivergedError
-from astra.validation import ConfigError
+from astra.run import runner
+from astra.run.interrupts import RunInterrupted
+from astra.run.validation import ConfigError
+from astra.training.module import CausalLMModule, TrainingDivergedError
 
 QUICK = ["logger=none", "trainer=debug", "trainer.eval_limit=2", "task.eval.max_new_tokens=4"]
 TESTS_DIR = Path(__file__).parent
@@ -34,7 +34,7 @@ def run_result(tmp_path: Path) -> dict:
 
 
 def train(tmp_path: Path, overrides: list[str]):
-    return run.train(compose_config(tmp_path, overrides), overrides=overrides)
+    return runner.train(compose_config(tmp_path, overrides), overrides=overrides)
 
 
 def subprocess_env(root: Path) -> dict:
@@ -53,7 +53,7 @@ def test_diverged_training_fails_at_the_exact_step(tmp_path, callbacks, every):
         train(tmp_path, overrides)
     result = run_result(tmp_path)
     assert result["status"] == "failed"
-    assert result["error"].startswith("astra.training.TrainingDivergedError: training diverged at step 2: loss=nan")
+    assert result["error"].startswith("astra.training.module.TrainingDivergedError: training diverged at step 2: loss=nan")
     per_step = result["train_loss"]["per_step"]
     assert math.isfinite(per_step[0]) and per_step[1] is None  # strict JSON: NaN written as null
     assert "train_loss.per_step[1]" in result["non_finite"]
@@ -134,7 +134,7 @@ def test_signal_during_evaluation_writes_a_result_with_the_losses(tmp_path, monk
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)
 
-    monkeypatch.setattr(run.pipeline, "evaluate", interrupted_evaluation)
+    monkeypatch.setattr(runner.steps, "evaluate", interrupted_evaluation)
     with pytest.raises(RunInterrupted):
         train(tmp_path, [*QUICK, "method=lora", "callbacks=none"])
     result = run_result(tmp_path)
@@ -154,7 +154,7 @@ def test_signal_during_evaluation_writes_a_result_with_the_losses(tmp_path, monk
      ("trainer.eval_limit=0", "trainer.eval_limit=0"), ("optim.warmup_ratio=2", "optim.warmup_ratio=2")],
 )  # fmt: skip
 def test_bad_settings_fail_before_the_model_loads(tmp_path, monkeypatch, override, key):
-    monkeypatch.setattr(run, "build_model", lambda *a, **k: pytest.fail("the model was loaded before validation"))
+    monkeypatch.setattr(runner, "build_model", lambda *a, **k: pytest.fail("the model was loaded before validation"))
     with pytest.raises(ConfigError) as info:
         train(tmp_path, [*QUICK, *override.split()])
     assert str(info.value).startswith(key) and "expected" in str(info.value)
@@ -164,18 +164,18 @@ def test_bad_settings_fail_before_the_model_loads(tmp_path, monkeypatch, overrid
 def test_unwritable_results_directory_fails_before_training(tmp_path, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    monkeypatch.setattr(run, "build_model", lambda *a, **k: pytest.fail("the model was loaded before validation"))
+    monkeypatch.setattr(runner, "build_model", lambda *a, **k: pytest.fail("the model was loaded before validation"))
     cfg = compose_config(tmp_path, [*QUICK])
     cfg.paths.results_dir = str(blocker / "results")
     with pytest.raises(ConfigError, match="paths.results_dir=.*is not a writable directory"):
-        run.train(cfg, overrides=[])
+        runner.train(cfg, overrides=[])
 
 
 def test_empty_test_split_fails_before_the_model_loads(tmp_path, monkeypatch):
     rows = [json.dumps({"question": f"What is {i}+1?", "answer": f"{i}+1={i + 1}\n#### {i + 1}"}) for i in range(8)]
     (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
     (tmp_path / "test.jsonl").write_text("")
-    monkeypatch.setattr(run, "build_model", lambda *a, **k: pytest.fail("the model was loaded before the data was checked"))
+    monkeypatch.setattr(runner, "build_model", lambda *a, **k: pytest.fail("the model was loaded before the data was checked"))
     overrides = [*QUICK, "task.source=files", f"task.data.train={tmp_path / 'train.jsonl'}", f"task.data.test={tmp_path / 'test.jsonl'}"]
     with pytest.raises(ValueError, match="test.jsonl"):
         train(tmp_path, overrides)
@@ -187,7 +187,7 @@ def test_empty_test_split_fails_before_the_model_loads(tmp_path, monkeypatch):
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    import astra.hydra_support  # noqa: F401 - registers ${astra_uid:}
+    import astra.run.hydra_support  # noqa: F401 - registers ${astra_uid:}
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         dirs = {compose(config_name="config", overrides=["method=lora"], return_hydra_config=True).hydra.run.dir for _ in range(5)}

@@ -13,13 +13,13 @@ import torch
 from conftest import compose_config
 from torch.utils.data import DataLoader
 
-from astra.calibration import (
+from astra.calibration.identity import (
     calibration_cache_identity,
     calibration_data_digest,
     checkpoint_fingerprint,
     model_fingerprint,
 )
-from astra.data.datamodule import IGNORE_INDEX, collate
+from astra.tasks.batches import IGNORE_INDEX, collate
 
 PAD = 0
 
@@ -180,7 +180,7 @@ def _gsm8k_rows(offset: int, n_rows: int) -> str:
 
 
 def test_second_train_file_does_not_reuse_the_first_files_statistics(tmp_path):
-    import run
+    from astra.run import runner
 
     files = {"A": (0, 24), "B": (100, 24), "T": (500, 4)}
     for name, (offset, n_rows) in files.items():
@@ -194,7 +194,7 @@ def test_second_train_file_does_not_reuse_the_first_files_statistics(tmp_path):
             f"paths.cache_dir={tmp_path / 'cache'}", "trainer=debug", "logger=none", "callbacks=none",
             "trainer.eval_limit=2", "task.eval.max_new_tokens=4",
         ]  # fmt: skip
-        run.train(compose_config(run_root, overrides), overrides=[])
+        runner.train(compose_config(run_root, overrides), overrides=[])
         result = json.loads((run_root / "run" / "result.json").read_text())
         assert result["status"] == "ok", result["error"]
         return result["init"]

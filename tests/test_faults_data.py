@@ -9,7 +9,8 @@ import pytest
 
 from astra.data.datamodule import TaskDataModule
 from astra.data.sources import read_rows, read_rows_with_lines
-from astra.models import build_tokenizer, load_tiny_tokenizer
+from astra.models.build import build_tokenizer, load_tiny_tokenizer
+from astra.tasks.base import get_family
 
 ROW = {"question": "Tom has 3 apples and buys 4 more. How many?", "answer": "3+4=<<3+4=7>>7\n#### 7"}
 GOOD = json.dumps(ROW)
@@ -36,7 +37,7 @@ def setup_with(compose_cfg, tokenizer, tmp_path):
                 paths[split].write_text(GOOD + "\n" if content is None else content, encoding="utf-8")
         files = ["task.source=files", f"task.data.train={paths['train']}", f"task.data.test={paths['test']}"]
         cfg = compose_cfg([*files, *overrides])
-        datamodule = TaskDataModule(cfg.task, tokenizer, batch_size=2, seed=cfg.seed, val_size=cfg.trainer.val_size)
+        datamodule = TaskDataModule(cfg.task, get_family(cfg.task.family), tokenizer, batch_size=2, seed=cfg.seed, val_size=cfg.trainer.val_size)
         datamodule.setup()
         return datamodule
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from astra import results
-from astra.results import REQUIRED_KEYS
+from astra.run import results
+from astra.run.results import REQUIRED_KEYS
 
 
 def _result(**changes):

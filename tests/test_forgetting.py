@@ -9,9 +9,9 @@ import torch
 from conftest import compose_config
 from omegaconf import OmegaConf
 
-import run
-from astra.forgetting import ForgettingProbe, mean_token_loss, token_windows
-from astra.models import load_tiny_tokenizer, tiny_llama
+from astra.models.build import load_tiny_tokenizer, tiny_llama
+from astra.run import runner
+from astra.training.forgetting import ForgettingProbe, mean_token_loss, token_windows
 
 
 def test_windows_start_with_bos_and_are_full():
@@ -50,7 +50,7 @@ def test_probe_reads_a_local_file(tmp_path):
 def test_run_reports_the_increase(tmp_path, method):
     overrides = [f"method={method}", "logger=none", "callbacks=none", "trainer=debug", "trainer.eval_limit=2",
                  "task.eval.max_new_tokens=4", "optim.lr=1e-3"]  # fmt: skip
-    run.train(compose_config(tmp_path, overrides), overrides=overrides)
+    runner.train(compose_config(tmp_path, overrides), overrides=overrides)
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     forgetting = result["forgetting"]
     assert forgetting["windows"] == 16 and forgetting["loss_before"] > 0 and forgetting["loss_after"] > 0
@@ -61,6 +61,6 @@ def test_run_reports_the_increase(tmp_path, method):
 def test_forgetting_can_be_switched_off(tmp_path):
     overrides = ["forgetting.enabled=false", "logger=none", "callbacks=none", "trainer=debug", "trainer.eval_limit=2",
                  "task.eval.max_new_tokens=4"]  # fmt: skip
-    run.train(compose_config(tmp_path, overrides), overrides=overrides)
+    runner.train(compose_config(tmp_path, overrides), overrides=overrides)
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert "forgetting" not in result and "forgetting" not in result["metrics"]

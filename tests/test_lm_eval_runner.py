@@ -7,7 +7,7 @@ import socket
 import pytest
 import torch
 
-from astra.models import load_tiny_tokenizer, tiny_llama
+from astra.models.build import load_tiny_tokenizer, tiny_llama
 from astra.tasks.commonsense_data import TASKS, parse_llm_adapters_row
 from astra.tasks.lm_eval_runner import TASK_DIR, score_multiple_choice
 

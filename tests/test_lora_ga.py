@@ -10,10 +10,10 @@ import torch
 from hydra.utils import instantiate
 from peft import LoraConfig, get_peft_model
 
-from astra.calibration import collect_weight_gradients
+from astra.calibration.gradients import collect_weight_gradients
 from astra.methods.base import InitContext
 from astra.methods.lora_ga import init_lora_ga, lora_ga_factors
-from astra.models import tiny_llama
+from astra.models.build import tiny_llama
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method" / "lora_ga.yaml"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -10,10 +10,10 @@ import torch
 from conftest import CONF_DIR, compose_config, config_groups
 from omegaconf import OmegaConf
 
-import run
-from astra import pipeline
 from astra.methods.base import lora_layers
-from astra.models import build_model_and_tokenizer
+from astra.models.build import build_model_and_tokenizer
+from astra.run import runner, steps
+from astra.tasks.base import get_family
 
 METHODS = config_groups()["method"]
 RESIDUAL = [m for m in METHODS if OmegaConf.load(CONF_DIR / "method" / f"{m}.yaml").get("residual")]
@@ -23,7 +23,7 @@ FAST = ["trainer=debug", "logger=none", "trainer.eval_limit=4", "task.eval.max_n
 def _setup(tmp_path, method, extra=()):
     cfg = compose_config(tmp_path, [f"method={method}", *FAST, *extra])
     model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.seed)
-    datamodule = pipeline.build_datamodule(cfg, tokenizer)
+    datamodule = steps.build_datamodule(cfg, get_family(cfg.task.family), tokenizer)
     return cfg, model, datamodule
 
 
@@ -50,7 +50,7 @@ def test_init_preserves_model_output(tmp_path, method):
         pytest.skip(f"{method} does not promise an unchanged output at init")
     batch = _probe_batch(datamodule)
     before = _logits(model, batch)
-    model, _ = pipeline.apply_method(cfg, model, datamodule, torch.device("cpu"))
+    model, _ = steps.apply_method(cfg, model, datamodule.family, datamodule, torch.device("cpu"))
     after = _logits(model, batch)
     assert _max_relative_difference(after, before) < 1e-5
     if cfg.method.peft is not None:
@@ -66,7 +66,7 @@ def test_same_seed_gives_bit_identical_factors(tmp_path, method):
     states = []
     for _ in range(2):
         cfg, model, datamodule = _setup(tmp_path, method, ["paths.cache_dir=null"])
-        model, _ = pipeline.apply_method(cfg, model, datamodule, torch.device("cpu"))
+        model, _ = steps.apply_method(cfg, model, datamodule.family, datamodule, torch.device("cpu"))
         states.append(_adapter_state(model))
     assert states[0].keys() == states[1].keys() and states[0]
     for key in states[0]:
@@ -78,7 +78,7 @@ def test_pissa_is_peft_pissa(tmp_path):
 
     cfg, model, datamodule = _setup(tmp_path, "pissa")
     reference_base, _ = build_model_and_tokenizer(cfg.model, cfg.seed)
-    ours, _ = pipeline.apply_method(cfg, model, datamodule, torch.device("cpu"))
+    ours, _ = steps.apply_method(cfg, model, datamodule.family, datamodule, torch.device("cpu"))
     torch.manual_seed(cfg.seed)
     reference = get_peft_model(
         reference_base,
@@ -94,7 +94,7 @@ def test_pissa_is_peft_pissa(tmp_path):
 def test_dora_with_residual_conversion_is_refused(tmp_path):
     cfg, model, datamodule = _setup(tmp_path, "pissa", ["+method.peft.use_dora=true"])
     with pytest.raises(ValueError, match="drop the trained DoRA magnitude"):
-        pipeline.apply_method(cfg, model, datamodule, torch.device("cpu"))
+        steps.apply_method(cfg, model, datamodule.family, datamodule, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("method", RESIDUAL)
@@ -103,11 +103,11 @@ def test_residual_export_loads_on_original_base(tmp_path, method):
 
     cfg, model, datamodule = _setup(tmp_path, method, ["optim.lr=1e-2"])
     run_dir = tmp_path / "run"
-    model, _ = pipeline.apply_method(cfg, model, datamodule, torch.device("cpu"))
-    pipeline.save_initial_adapter(cfg, model, run_dir)
-    trainer = pipeline.build_trainer(cfg, torch.device("cpu"), [], [], run_dir)
-    pipeline.fit(pipeline.build_module(cfg, model, torch.device("cpu")), datamodule, trainer)
-    exported = pipeline.export_adapter(cfg, model, run_dir)
+    model, _ = steps.apply_method(cfg, model, datamodule.family, datamodule, torch.device("cpu"))
+    steps.save_initial_adapter(cfg, model, run_dir)
+    trainer = steps.build_trainer(cfg, torch.device("cpu"), [], [], run_dir)
+    steps.fit(steps.build_module(cfg, model, torch.device("cpu")), datamodule, trainer)
+    exported = steps.export_adapter(cfg, model, run_dir)
     batch = _probe_batch(datamodule)
     trained = _logits(model, batch)
 
@@ -120,7 +120,7 @@ def test_residual_export_loads_on_original_base(tmp_path, method):
 @pytest.mark.parametrize("method", METHODS)
 def test_run_end_to_end(tmp_path, method):
     cfg = compose_config(tmp_path, [f"method={method}", "task=gsm8k", *FAST])
-    run.train(cfg, overrides=[f"method={method}"])
+    runner.train(cfg, overrides=[f"method={method}"])
     (file,) = sorted((tmp_path / "results").rglob("*.json"))
     result = json.loads(file.read_text())
     assert result["status"] == "ok" and result["method"] == method

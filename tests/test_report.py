@@ -128,11 +128,11 @@ def test_a_real_run_reports(tmp_path):
     """A result file written by run.py carries what the report reads (series included)."""
     from conftest import compose_config
 
-    import run
+    from astra.run import runner
 
     cfg = compose_config(tmp_path, ["method=astra", "trainer=debug", "logger=none", "trainer.eval_limit=2",
                                     "task.eval.max_new_tokens=4", "forgetting.enabled=false"])  # fmt: skip
-    run.train(cfg, overrides=[])
+    runner.train(cfg, overrides=[])
     items = json.loads((tmp_path / "run" / "result.json").read_text())["items"]
     assert len(items["ids"]) == len(items["correct"]) == 2 and set(items["correct"]) <= {0, 1}
     written = write_report(tmp_path / "results", tmp_path / "paper")

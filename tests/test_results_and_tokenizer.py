@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from astra.results import REQUIRED_KEYS, write_result
+from astra.run.results import REQUIRED_KEYS, write_result
 
 
 def _result(**changes):
@@ -32,8 +32,8 @@ def test_result_with_missing_keys_is_refused(tmp_path):
 
 
 def test_tiny_tokenizer_file_is_reproducible(tmp_path):
-    from astra.data.build_tokenizer import build_tokenizer
-    from astra.models import TINY_TOKENIZER_FILE
+    from astra.models.build import TINY_TOKENIZER_FILE
+    from astra.run.build_tokenizer import build_tokenizer
 
     rebuilt = tmp_path / "tokenizer.json"
     build_tokenizer().save(str(rebuilt))

@@ -8,15 +8,15 @@ import time
 import pytest
 from conftest import compose_config
 
-import run
-from astra.results import REQUIRED_KEYS
+from astra.run import runner
+from astra.run.results import REQUIRED_KEYS
 
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("lora_run")
     cfg = compose_config(tmp_path, ["method=lora", "task=gsm8k", "logger=none", "trainer.eval_limit=16"])
-    metric = run.train(cfg, overrides=["method=lora", "task=gsm8k"])
+    metric = runner.train(cfg, overrides=["method=lora", "task=gsm8k"])
     return tmp_path, metric
 
 
@@ -61,7 +61,7 @@ def test_training_loss_falls(lora_run):
 def test_failed_run_writes_failed_result_and_raises(tmp_path):
     cfg = compose_config(tmp_path, ["logger=none", "rank=1000"])
     with pytest.raises(ValueError, match="rank=1000 is larger than"):
-        run.train(cfg, overrides=["rank=1000"])
+        runner.train(cfg, overrides=["rank=1000"])
     (file,) = _result_files(tmp_path)
     result = json.loads(file.read_text())
     assert result["status"] == "failed"
@@ -70,14 +70,14 @@ def test_failed_run_writes_failed_result_and_raises(tmp_path):
 
 def test_full_finetuning_trains_every_parameter(tmp_path):
     cfg = compose_config(tmp_path, ["method=full", "logger=none", "trainer=debug", "optim.lr=1e-4"])
-    run.train(cfg, overrides=[])
+    runner.train(cfg, overrides=[])
     result = json.loads(_result_files(tmp_path)[0].read_text())
     assert result["parameters"]["trainable"] == result["parameters"]["total"]
     assert result["train_loss"]["steps"] == 5
 
 
 def test_missing_model_path_fails_clearly(tmp_path):
-    from astra.models import build_model_and_tokenizer
+    from astra.models.build import build_model_and_tokenizer
 
     cfg = compose_config(tmp_path, ["model=llama2_7b", f"model.path={tmp_path / 'no_such_dir'}"])
     with pytest.raises(FileNotFoundError, match="model.path="):
@@ -85,7 +85,7 @@ def test_missing_model_path_fails_clearly(tmp_path):
 
 
 def test_unreachable_hub_model_fails_fast_naming_the_override(tmp_path):
-    from astra.models import build_model_and_tokenizer
+    from astra.models.build import build_model_and_tokenizer
 
     cfg = compose_config(tmp_path, ["model=llama3_8b"])
     start = time.perf_counter()
@@ -96,7 +96,7 @@ def test_unreachable_hub_model_fails_fast_naming_the_override(tmp_path):
 
 def test_wandb_offline_writes_its_run_directory(tmp_path):
     cfg = compose_config(tmp_path, ["logger=wandb", "trainer=debug", "trainer.eval_limit=2", "task.eval.max_new_tokens=4"])
-    run.train(cfg, overrides=["logger=wandb"])
+    runner.train(cfg, overrides=["logger=wandb"])
     offline_runs = list((tmp_path / "run").rglob("offline-run-*"))
     assert offline_runs, "W&B offline mode should write its run directory inside the run directory"
     assert any(p.suffix == ".wandb" for p in offline_runs[0].iterdir())

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from astra.report.results import newest_per_cell
-from astra.skip_existing import (
+from astra.run import skip_existing
+from astra.run.skip_existing import (
     PROJECT_ROOT,
     config_fingerprint,
     find_ok_result,
@@ -64,3 +65,52 @@ def test_the_report_keeps_one_result_per_cell_across_checkouts():
     kept, notes = newest_per_cell([older, newer, other])
     assert sorted(r["_path"] for r in kept) == ["/r/newer.json", "/r/other.json"]
     assert notes == ["older.json duplicates newer.json (same config); the newer is used"]
+
+
+# Committed results: their identity must survive module moves (``HISTORICAL_TARGETS``).
+PUBLISHED_RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results" / "real"
+
+
+def published_results() -> list[dict]:
+    found = []
+    for path in sorted(PUBLISHED_RESULTS.rglob("*.json")):
+        if "superseded" not in path.parts:
+            found.append({**json.loads(path.read_text(encoding="utf-8")), "path": str(path)})
+    return found
+
+
+def test_committed_results_keep_their_fingerprints():
+    """Every committed result (superseded ones too) hashes as it did before the package's modules moved: the golden
+    file was computed by the code of commit 7edb53e, before the move."""
+    golden = json.loads((Path(__file__).parent / "fixtures" / "published_fingerprints.json").read_text(encoding="utf-8"))
+    assert len(golden) > 150
+    changed = []
+    for relative, fingerprint in golden.items():
+        result = json.loads((PUBLISHED_RESULTS / relative).read_text(encoding="utf-8"))
+        if skip_existing.result_fingerprint(result) != fingerprint:
+            changed.append(relative)
+    assert not changed, f"{len(changed)} committed results changed identity: {changed[:3]}"
+
+
+def test_moved_targets_hash_in_their_first_spelling():
+    old = {"callbacks": {"lr": {"_target_": "astra.callbacks.LRMonitor"}}, "seed": 0}
+    new = {"callbacks": {"lr": {"_target_": "astra.telemetry.loss.LRMonitor"}}, "seed": 0}
+    assert skip_existing.config_fingerprint(old) == skip_existing.config_fingerprint(new)
+    other = {"callbacks": {"lr": {"_target_": "astra.telemetry.loss.LossMonitor"}}, "seed": 0}
+    assert skip_existing.config_fingerprint(other) != skip_existing.config_fingerprint(new)
+
+
+def test_a_committed_cell_composed_today_is_recognised(tmp_path):
+    """Skip-existing finds a committed result from the command that made it, composed with today's code and configs."""
+    from hydra import compose, initialize_config_dir
+
+    import astra.run.hydra_support  # noqa: F401 - the ${astra_...} resolvers
+
+    result = next(r for r in published_results() if r["experiment"] == "real_qnli_test" and r["method"] == "lora")
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    paths = [f"paths.output_dir={tmp_path / 'run'}", f"paths.log_dir={tmp_path}", f"paths.results_dir={tmp_path}"]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*result["overrides"], *paths])
+    found = skip_existing.find_ok_result(Path(result["path"]).parent, skip_existing.fingerprint_of(cfg))
+    assert found is not None, "today's config for a committed cell no longer matches its result"
+    assert found["seed"] == result["seed"] and found["method"] == "lora"

@@ -12,8 +12,11 @@ import pytest
 import torch
 from conftest import compose_config
 
-from astra import model_sources, models, pipeline
 from astra.methods.base import lora_layers
+from astra.models import build as models
+from astra.models import sources as model_sources
+from astra.run import steps
+from astra.tasks.base import get_family
 
 MODEL = ["model=smollm2_135m"]
 
@@ -91,7 +94,7 @@ def test_astra_init_leaves_logits_unchanged(smol, tmp_path):
                                     "method.calibration.n_samples=8", "trainer=debug", "logger=none"])  # fmt: skip
     tokenizer = models.build_tokenizer(cfg.model)
     model = models.build_model(cfg.model, cfg.seed, tokenizer)
-    datamodule = pipeline.build_datamodule(cfg, tokenizer)
+    datamodule = steps.build_datamodule(cfg, get_family(cfg.task.family), tokenizer)
     batch = next(iter(datamodule.calibration_dataloader(n_samples=2, batch_size=2)))
 
     @torch.no_grad()
@@ -102,7 +105,7 @@ def test_astra_init_leaves_logits_unchanged(smol, tmp_path):
         return out
 
     before = logits(model)
-    model, _ = pipeline.apply_method(cfg, model, datamodule, torch.device("cpu"))
+    model, _ = steps.apply_method(cfg, model, datamodule.family, datamodule, torch.device("cpu"))
     after = logits(model)
     assert sum(1 for _ in lora_layers(model)) == 30 * 7
     assert ((after - before).abs().max() / before.abs().max()).item() < 1e-4

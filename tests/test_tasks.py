@@ -8,9 +8,9 @@ import pytest
 from conftest import CONF_DIR, compose_config
 from omegaconf import OmegaConf
 
-import run
 from astra.data.datamodule import TaskDataModule
-from astra.models import load_tiny_tokenizer
+from astra.models.build import load_tiny_tokenizer
+from astra.run import runner
 from astra.tasks.base import REFERENCE_CALIBRATION_PROMPT, get_family
 from astra.tasks.math import math_example, metamath_example
 
@@ -31,7 +31,7 @@ def test_every_task_runs_end_to_end(tmp_path, monkeypatch, task, protocol):
     # GLUE classifies on an encoder; every other family generates or scores text with a causal LM.
     extra += ["model=tiny_bert"] if task_yaml.family == "glue" else ["task.eval.max_new_tokens=8"]
     cfg = compose_config(tmp_path, [f"task={task}", "method=lora", *QUICK, *extra])
-    metric = run.train(cfg, overrides=[f"task={task}"])
+    metric = runner.train(cfg, overrides=[f"task={task}"])
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "ok" and result["task"] == task
     # Evaluation splits: MNLI's matched and mismatched dev; a suite's benchmarks; otherwise one test split.
@@ -44,7 +44,7 @@ def test_every_task_runs_end_to_end(tmp_path, monkeypatch, task, protocol):
 
 def _datamodule(tmp_path, task):
     cfg = compose_config(tmp_path, [f"task={task}"])
-    datamodule = TaskDataModule(cfg.task, load_tiny_tokenizer(), batch_size=4, seed=0)
+    datamodule = TaskDataModule(cfg.task, get_family(cfg.task.family), load_tiny_tokenizer(), batch_size=4, seed=0)
     datamodule.setup()
     return cfg, datamodule
 
@@ -85,7 +85,7 @@ def test_unknown_family_and_format_are_named(tmp_path):
         get_family("poetry")
     cfg = compose_config(tmp_path, ["task=gsm8k", "task.format=haiku"])
     with pytest.raises(ValueError, match="task.format='haiku' is not a math row format"):
-        TaskDataModule(cfg.task, load_tiny_tokenizer(), batch_size=4, seed=0).setup()
+        TaskDataModule(cfg.task, get_family(cfg.task.family), load_tiny_tokenizer(), batch_size=4, seed=0).setup()
 
 
 @pytest.mark.parametrize(
@@ -110,13 +110,13 @@ def test_lm_eval_scores_the_in_memory_residual_model_as_trained(tmp_path):
     adapter). At init its log-likelihoods equal the base model's; a few training steps change them."""
     import torch
 
-    from astra import pipeline
-    from astra.models import build_model
+    from astra.models.build import build_model
+    from astra.run import steps
     from astra.tasks.lm_eval_runner import score_multiple_choice
 
     cfg = compose_config(tmp_path, ["task=piqa", "method=astra", "method.calibration.n_samples=8", "logger=none",
                                     "callbacks=none", "trainer=debug", "optim.lr=1e-2"])  # fmt: skip
-    datamodule = TaskDataModule(cfg.task, load_tiny_tokenizer(), batch_size=4, seed=0)
+    datamodule = TaskDataModule(cfg.task, get_family(cfg.task.family), load_tiny_tokenizer(), batch_size=4, seed=0)
     datamodule.setup()
     items = [example.meta for example in datamodule.test_examples[:6]]
     base = build_model(cfg.model, cfg.seed, datamodule.tokenizer)
@@ -126,26 +126,26 @@ def test_lm_eval_scores_the_in_memory_residual_model_as_trained(tmp_path):
         return torch.tensor([record["loglikelihoods"] for record in scored["records"]])
 
     before = loglikelihoods(base)
-    model, _ = pipeline.apply_method(cfg, build_model(cfg.model, cfg.seed, datamodule.tokenizer), datamodule, torch.device("cpu"))
+    model, _ = steps.apply_method(cfg, build_model(cfg.model, cfg.seed, datamodule.tokenizer), datamodule.family, datamodule, torch.device("cpu"))
     at_init = loglikelihoods(model)
     torch.testing.assert_close(at_init, before, rtol=1e-4, atol=1e-3)
-    trainer = pipeline.build_trainer(cfg, torch.device("cpu"), [], [], tmp_path / "run")
-    pipeline.fit(pipeline.build_module(cfg, model, torch.device("cpu")), datamodule, trainer)
+    trainer = steps.build_trainer(cfg, torch.device("cpu"), [], [], tmp_path / "run")
+    steps.fit(steps.build_module(cfg, model, torch.device("cpu")), datamodule, trainer)
     assert (loglikelihoods(model) - at_init).abs().max() > 0.1
 
 
 def test_train_limit_takes_the_first_rows(tmp_path):
     cfg = compose_config(tmp_path, ["task=gsm8k", "task.train_limit=10"])
-    datamodule = TaskDataModule(cfg.task, load_tiny_tokenizer(), batch_size=4, seed=0)
+    datamodule = TaskDataModule(cfg.task, get_family(cfg.task.family), load_tiny_tokenizer(), batch_size=4, seed=0)
     datamodule.setup()
     assert len(datamodule.train_set) == 10 and datamodule.train_rows[0]["question"].startswith("Natalia")
 
 
 def test_code_task_without_opt_in_fails_before_training(tmp_path, monkeypatch):
     monkeypatch.delenv("ASTRA_ALLOW_CODE_EXECUTION", raising=False)
-    monkeypatch.setattr(run, "build_model", lambda *a, **k: pytest.fail("the model was loaded without the opt-in"))
+    monkeypatch.setattr(runner, "build_model", lambda *a, **k: pytest.fail("the model was loaded without the opt-in"))
     with pytest.raises(PermissionError, match="task.eval.allow_code_execution=true.*ASTRA_ALLOW_CODE_EXECUTION=1"):
-        run.train(compose_config(tmp_path, ["task=humaneval", *QUICK]), overrides=[])
+        runner.train(compose_config(tmp_path, ["task=humaneval", *QUICK]), overrides=[])
 
 
 SHARED = CONF_DIR.parents[1] / "shared" / "data"  # ../shared beside the checkout (absent in other clones)
@@ -161,7 +161,7 @@ def test_math_loaders_read_every_real_file(tmp_path, task, fmt, path, rows):
     overrides = [f"task={task}", "task.source=files", f"task.format={fmt}", f"task.data.train={SHARED / 'gsm8k/train.jsonl'}",
                  f"task.data.test={SHARED / path}", "task.train_limit=8", "task.train_format=gsm8k"]  # fmt: skip
     cfg = compose_config(tmp_path, overrides)
-    datamodule = TaskDataModule(cfg.task, load_tiny_tokenizer(), batch_size=4, seed=0)
+    datamodule = TaskDataModule(cfg.task, get_family(cfg.task.family), load_tiny_tokenizer(), batch_size=4, seed=0)
     datamodule.setup()
     assert len(datamodule.test_examples) == rows
     assert all(example.reference not in (None, "") for example in datamodule.test_examples)
@@ -171,7 +171,7 @@ def test_lm_eval_generation_equals_the_plain_loop(tmp_path):
     """backend=hf (lm-eval generate_until, HFLM on the in-memory model) gives the tokens the plain loop gives."""
     import torch
 
-    from astra.models import tiny_llama
+    from astra.models.build import tiny_llama
     from astra.tasks.generation import greedy_generate
 
     tokenizer, model = load_tiny_tokenizer(), tiny_llama(seed=0)
@@ -197,7 +197,7 @@ def test_math_training_rows_are_recognised_by_their_fields():
 def test_a_suite_trains_once_and_scores_every_benchmark(tmp_path):
     cfg = compose_config(tmp_path, ["task=commonsense_suite", "method=lora", *QUICK, "trainer.eval_limit=2",
                                     "task.eval.protocol=generation", "task.eval.max_new_tokens=4"])  # fmt: skip
-    run.train(cfg, overrides=[])
+    runner.train(cfg, overrides=[])
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     benchmarks = list(cfg.task.benchmarks)
     metrics = result["metrics"]

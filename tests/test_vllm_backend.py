@@ -13,8 +13,8 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
-from astra import pipeline
-from astra.models import build_model_and_tokenizer, load_tiny_tokenizer, tiny_llama
+from astra.models.build import build_model_and_tokenizer, load_tiny_tokenizer, tiny_llama
+from astra.run import steps
 from astra.tasks import lm_eval_vllm
 from astra.tasks.base import get_family
 from astra.tasks.generation import greedy_generate
@@ -26,8 +26,8 @@ FAST = ["trainer=debug", "logger=none", "trainer.eval_limit=4"]
 def test_export_reproduces_the_trained_model(tmp_path, method):
     cfg = compose_config(tmp_path, [f"method={method}", *FAST])
     model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.seed)
-    datamodule = pipeline.build_datamodule(cfg, tokenizer)
-    model, _ = pipeline.apply_method(cfg, model, datamodule, torch.device("cpu"))
+    datamodule = steps.build_datamodule(cfg, get_family(cfg.task.family), tokenizer)
+    model, _ = steps.apply_method(cfg, model, datamodule.family, datamodule, torch.device("cpu"))
     with torch.no_grad():  # stands in for training: every trainable tensor moves
         generator = torch.Generator().manual_seed(1)
         for parameter in (p for p in model.parameters() if p.requires_grad):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from astra.models import build_llama_from_config
-from astra.results import git_state, now_iso, package_versions
+from astra.models.build import build_llama_from_config
+from astra.run.results import git_state, now_iso, package_versions
 
 RESULTS_DIR = Path(__file__).parent / "results"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

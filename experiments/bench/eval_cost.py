@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def load(model_name: str, device: torch.device):
     from hydra import compose, initialize_config_dir
 
-    from astra.models import build_model, build_tokenizer
+    from astra.models.build import build_model, build_tokenizer
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"model={model_name}"])

@@ -15,8 +15,10 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).parent))
 from common import TARGETS, synchronize  # noqa: E402
 
-from astra.calibration import adapters_disabled  # noqa: E402
-from astra.calibration.common import lora_targets  # noqa: E402
+from astra.calibration.common import (
+    adapters_disabled,
+    lora_targets,  # noqa: E402
+)
 from astra.methods.astra import write_adapter  # noqa: E402
 from astra.methods.base import InitContext  # noqa: E402
 

@@ -9,7 +9,7 @@ What is measured, per model shape (LLaMA-shaped, random weights; LoRA on q,k,v,o
 - init time of lora, dora, pissa (pissa_niter_16), lora_ga and astra as a user runs them: the method's YAML
   (conf/method/*.yaml) gives the PEFT config and the init callable, the model is wrapped with ``get_peft_model``
   and the init callable gets a DataLoader of synthetic calibration rows (``common.synthetic_batch``), exactly
-  as ``astra.pipeline.apply_method`` chains them; the time covers wrapping plus init (PiSSA's SVD runs inside
+  as ``astra.run.steps.apply_method`` chains them; the time covers wrapping plus init (PiSSA's SVD runs inside
   the wrapping). Methods run interleaved in rounds in one process, each on a fresh copy of the same base model;
   the median over rounds is reported, and astra / pissa is the median of the per-round ratios;
 - ``reference``: the reference code's approach, re-implemented here as a measurement baseline only (DESIGN.md
@@ -68,8 +68,8 @@ from common import (  # noqa: E402
 )
 from init_arms import METHODS, method_config, run_init  # noqa: E402
 
-from astra.calibration import MomentOptions, adapters_disabled, collect_output_moments  # noqa: E402
-from astra.calibration.common import forward_extras, lora_targets  # noqa: E402
+from astra.calibration.common import adapters_disabled, forward_extras, lora_targets  # noqa: E402
+from astra.calibration.moments import MomentOptions, collect_output_moments
 
 DEFAULTS = {  # samples, tokens, rank
     "tiny": (16, 128, 16),

@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS_DIR, environment, median, print_table, spread, synthetic_batch, write_json  # noqa: E402
 
-from astra.models import build_llama_from_config  # noqa: E402
+from astra.models.build import build_llama_from_config  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

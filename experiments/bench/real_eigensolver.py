@@ -39,7 +39,7 @@ def compose(data_root: Path, rank: int, out: Path):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import astra.hydra_support  # noqa: F401 - the ${astra_...} resolvers, as run.py registers them
+    import astra.run.hydra_support  # noqa: F401 - the ${astra_...} resolvers, as run.py registers them
 
     overrides = [f"paths.output_dir={out / 'run'}", f"paths.log_dir={out / 'logs'}", f"paths.results_dir={out / 'r'}",
                  "experiment=real_commonsense_lr", "method=astra", f"data_root={data_root}", f"rank={rank}",
@@ -68,19 +68,21 @@ def main(argv=None) -> None:
     from omegaconf import OmegaConf
     from peft import LoraConfig, get_peft_model
 
-    from astra import pipeline
-    from astra.adapter_layers import lora_layers
-    from astra.calibration_source import calibration_loader
+    from astra.calibration.source import calibration_loader
     from astra.methods.astra import init_astra
     from astra.methods.base import InitContext
-    from astra.models import build_model_and_tokenizer
+    from astra.models.adapters import lora_layers
+    from astra.models.build import build_model_and_tokenizer
+    from astra.run import steps
+    from astra.tasks.base import get_family
 
     rows, details = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cfg = compose(args.data_root, args.ranks[0], tmp)
         base, tokenizer = build_model_and_tokenizer(cfg.model, cfg.seed)
-        loader = calibration_loader(cfg, pipeline.build_datamodule(cfg, tokenizer))
+        family = get_family(cfg.task.family)
+        loader = calibration_loader(cfg, steps.build_datamodule(cfg, family, tokenizer), family, family_of=get_family)
         options = OmegaConf.to_container(cfg.method.init, resolve=True)
         for key in ("_target_", "_partial_"):
             options.pop(key)

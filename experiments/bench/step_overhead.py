@@ -50,8 +50,8 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from astra.pipeline import choose_precision  # noqa: E402
-from astra.training import CausalLMModule, cosine_with_warmup  # noqa: E402
+from astra.run.steps import choose_precision  # noqa: E402
+from astra.training.module import CausalLMModule, cosine_with_warmup  # noqa: E402
 
 OPTIM = OmegaConf.create({"lr": 1e-4, "weight_decay": 0.0, "warmup_ratio": 0.03, "betas": [0.9, 0.999], "eps": 1e-8})
 

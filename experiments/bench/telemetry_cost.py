@@ -5,7 +5,7 @@
 
 Models (both wrapped with PEFT LoRA r=8 on q,k,v,o,gate,up,down; batch 8 x 128 tokens, a few pad tokens):
 
-- ``tiny``: ``astra.models.tiny_llama(vocab_size=256)`` (~0.9M parameters before LoRA);
+- ``tiny``: ``astra.models.build.tiny_llama(vocab_size=256)`` (~0.9M parameters before LoRA);
 - ``100m``: a LLaMA built from a config: hidden 768, 12 layers, 12 heads, intermediate 2048, vocab 32000,
   tied embeddings (~110M parameters).
 
@@ -49,8 +49,10 @@ from lightning.pytorch.loggers import CSVLogger
 from peft import LoraConfig, get_peft_model
 from torch.utils.data import DataLoader, Dataset
 
-from astra.callbacks import EffectiveRankMonitor, GradNormMonitor, default_callbacks
-from astra.models import build_llama_from_config, tiny_llama
+from astra.models.build import build_llama_from_config, tiny_llama
+from astra.telemetry.grad_norm import GradNormMonitor
+from astra.telemetry.rank import EffectiveRankMonitor
+from astra.telemetry.summary import default_callbacks
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "telemetry_cost.json"

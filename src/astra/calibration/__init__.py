@@ -13,39 +13,6 @@ Both stream (running sums only), restore modes, ``requires_grad`` and hooks even
 layers per pass over the data (``layers_per_pass``), keep results on CPU (``offload_to_cpu``) and cache results on
 disk keyed by content (:mod:`astra.calibration.identity`: model fingerprint, calibration-data digest) and the
 statistics options.
+
+Each name is imported from its module (``astra.calibration.moments.collect_output_moments``).
 """
-
-from astra.calibration.common import (
-    CalibrationResult,
-    adapters_disabled,
-    cache_file_for,
-    check_calibration_size,
-    preserve_model_state,
-    resolve_dtype,
-)
-from astra.calibration.gradients import collect_weight_gradients
-from astra.calibration.identity import (
-    calibration_cache_identity,
-    calibration_data_digest,
-    checkpoint_fingerprint,
-    model_fingerprint,
-)
-from astra.calibration.moments import FactoredMoment, LayerMoment, MomentOptions, collect_output_moments
-
-__all__ = [
-    "CalibrationResult",
-    "FactoredMoment",
-    "LayerMoment",
-    "MomentOptions",
-    "adapters_disabled",
-    "cache_file_for",
-    "calibration_cache_identity",
-    "calibration_data_digest",
-    "check_calibration_size",
-    "checkpoint_fingerprint",
-    "collect_output_moments",
-    "collect_weight_gradients",
-    "model_fingerprint",
-    "preserve_model_state",
-    "resolve_dtype",
-]

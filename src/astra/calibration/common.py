@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from astra.adapter_layers import lora_layers
+from astra.models.adapters import lora_layers
 
 log = logging.getLogger(__name__)
 

@@ -100,7 +100,7 @@ def checkpoint_fingerprint(directory: str | Path) -> dict[str, Any]:
 
 def _checkpoint_directory(model_cfg: Any) -> Path | None:
     """The local folder the checkpoint loads from (``model.path``, a converted GGUF copy, the Hub cache)."""
-    from astra.models import local_checkpoint_dir
+    from astra.models.sources import local_checkpoint_dir
 
     return local_checkpoint_dir(model_cfg)
 
@@ -113,7 +113,7 @@ def model_fingerprint(model_cfg: Any, seed: int, directory: str | Path | None = 
     plus the torch/transformers versions whose init code turns the seed into weights. A checkpoint's key has no
     seed: the seed does not change its weights.
     """
-    from astra.models import TINY_TOKENIZER_FILE
+    from astra.models.build import TINY_TOKENIZER_FILE
 
     dtype = str(model_cfg.get("dtype"))
     if not model_cfg.get("hub_id"):

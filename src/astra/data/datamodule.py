@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from astra.data.resumable import ResumableRandomSampler
 from astra.data.sources import SplitRows, load_split
-from astra.tasks.base import Example, get_family
-from astra.tasks.batches import IGNORE_INDEX, collate, tokenize_example  # noqa: F401 - re-exported
+from astra.tasks.base import Example
+from astra.tasks.batches import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,13 @@ def _reason(error: Exception) -> str:
 class TaskDataModule(pl.LightningDataModule):
     """Train/validation/calibration loaders for one task; test examples are kept as text for generation."""
 
-    def __init__(self, task_cfg: Any, tokenizer, batch_size: int, seed: int, val_size: int = 0, num_workers: int = 0):
+    def __init__(self, task_cfg: Any, family: Any, tokenizer, batch_size: int, seed: int, val_size: int = 0,
+                 num_workers: int = 0):
         super().__init__()
-        self.task_cfg, self.tokenizer = task_cfg, tokenizer
+        # The task family (astra.tasks) reads, formats, tokenises and batches rows; the runner builds it once.
+        self.task_cfg, self.family, self.tokenizer = task_cfg, family, tokenizer
         self.batch_size, self.seed, self.val_size, self.num_workers = batch_size, seed, val_size, num_workers
         self.max_length = int(task_cfg.max_length)
-        self.family = get_family(task_cfg.family)
         self.train_rows: list[dict] = []  # raw rows, for calibration text other than the training text
         self.rows_without_target = 0  # training rows left out: their answer lies beyond max_length
         self.train_set: TokenizedExamples | None = None

@@ -123,9 +123,9 @@ def _file_split(path: str | Path, reader: Any = None) -> SplitRows:
 
 def _hub_split(hub: Any, split: str) -> SplitRows:
     """``hub`` is ``{path, name, split}`` for this split (task.hub.train / task.hub.test)."""
-    from astra.models import _hub_reachable
+    from astra.models.sources import hub_reachable
 
-    if not _hub_reachable():
+    if not hub_reachable():
         raise RuntimeError(
             f"task.source=hub needs the Hugging Face Hub for dataset {hub.path!r}, which cannot be reached; "
             "use task.source=files with task.data.train=... and task.data.test=... (local .jsonl/.json)"

@@ -19,22 +19,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from astra.calibration import FactoredMoment, MomentOptions, collect_output_moments, resolve_dtype
 from astra.calibration.common import (
     check_calibration_size,
     dtype_name,
     lora_targets,
+    resolve_dtype,
     scalars_to_host,
     stable_seed,
 )
+from astra.calibration.moments import FactoredMoment, MomentOptions, collect_output_moments
 from astra.methods.base import InitContext
 from astra.methods.eigensolver_policy import SolverOptions, randomized_bases, solve_chunk, solver_summary
-from astra.methods.eigensolvers import (  # noqa: F401 - random_orthonormal is part of this module's interface
-    eigen_columns,
-    eigen_problem,
-    exact_basis,
-    random_orthonormal,
-)
+from astra.methods.eigensolvers import eigen_columns, eigen_problem, exact_basis
 
 log = logging.getLogger(__name__)
 

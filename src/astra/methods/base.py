@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from astra.adapter_layers import ADAPTER, lora_layers  # noqa: F401 - re-exported for methods and tests
+from astra.models.adapters import ADAPTER
 
 
 @dataclass

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from astra.calibration import collect_weight_gradients
 from astra.calibration.common import check_calibration_size, dtype_name, lora_targets, resolve_dtype, stable_seed
+from astra.calibration.gradients import collect_weight_gradients
 from astra.methods.astra import write_adapter
 from astra.methods.base import InitContext
 

@@ -43,7 +43,7 @@ def _save(figure, path: Path) -> list[Path]:
     return written
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
 
 
@@ -64,7 +64,7 @@ def plot_training_curves(results: list[dict[str, Any]], out_dir: str | Path) -> 
             runs = [r for r in group if (r.get("series") or {}).get(series, {}).get("step")]
             if not runs:
                 continue
-            stem = Path(out_dir) / "figures" / _slug(f"{experiment}_{model}_{task}_{series.replace('/', '-')}")
+            stem = Path(out_dir) / "figures" / slug(f"{experiment}_{model}_{task}_{series.replace('/', '-')}")
             title = f"{task} ({model}, {experiment})"
             written += _curve_figure(runs, series, label, title, stem, varying, None)
             if series in EARLY_CURVES:
@@ -134,5 +134,5 @@ def plot_ablations(results: list[dict[str, Any]], out_dir: str | Path) -> list[P
             axis.set_ylabel(f"{primary_metric(scored[0])} (×100, mean over seeds)")
             axis.set_title(f"{task} ({model}, {experiment})")
             axis.legend(fontsize=7)
-            written += _save(figure, Path(out_dir) / "figures" / _slug(f"{experiment}_{model}_{task}_ablation_{key}"))
+            written += _save(figure, Path(out_dir) / "figures" / slug(f"{experiment}_{model}_{task}_ablation_{key}"))
     return written

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from astra.report.tables import MISSING, _method_rank, row_label, varying_keys
+from astra.report.tables import MISSING, method_rank, row_label, varying_keys
 
 BOOTSTRAP_SAMPLES = 10_000
 POOLED = "all items"  # the column of a suite's table that resamples every task's items together
@@ -72,7 +72,7 @@ def difference_table(results: list[dict[str, Any]], title: str, baseline: str = 
     lines = [f"### {title}: difference to {baseline} (×100, 95% paired bootstrap interval over test items)", "",
              "| method | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]  # fmt: skip
     counts = {}
-    for label in sorted(by_row, key=lambda lb: (_method_rank(methods[lb]), lb)):
+    for label in sorted(by_row, key=lambda lb: (method_rank(methods[lb]), lb)):
         if label == base_labels[0]:
             continue
         cells, row_all, base_all = [], {}, {}

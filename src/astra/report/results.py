@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from astra.skip_existing import result_fingerprint
+from astra.run.skip_existing import result_fingerprint
 
 SUPERSEDED = "superseded"  # a folder of results kept for the record only
 

@@ -89,7 +89,7 @@ def varying_keys(results: list[dict[str, Any]]) -> list[str]:
     return varying
 
 
-def _method_rank(method: str) -> tuple[int, str]:
+def method_rank(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
 
 
@@ -120,7 +120,7 @@ def build_table(results: list[dict[str, Any]], title: str) -> Table:
         cell.values.append(value)
         cell.seeds.append(result.get("seed"))
         cell.dirty |= bool(lookup(result, "git.dirty"))
-    ordered = sorted(rows.values(), key=lambda row: (_method_rank(row.method), row.variant, row.label))
+    ordered = sorted(rows.values(), key=lambda row: (method_rank(row.method), row.variant, row.label))
     return Table(title, tasks, dict(families), metrics, ordered, notes)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from astra.report.figures import _slug, group_by, plot_ablations, plot_training_curves
+from astra.report.figures import group_by, plot_ablations, plot_training_curves, slug
 from astra.report.intervals import difference_table
 from astra.report.results import expand_suites, load_results, newest_per_cell
 from astra.report.tables import Table, build_table, seeds_markdown, table_latex, table_markdown
@@ -58,7 +58,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path, filters: list[str
     previous = _listed_in_index(out)
     written: list[Path] = []
     for table in build_tables(results):
-        stem = out / "tables" / _slug(table.title.replace(": ", "_"))
+        stem = out / "tables" / slug(table.title.replace(": ", "_"))
         stem.parent.mkdir(parents=True, exist_ok=True)
         for fmt in formats:
             path = stem.with_suffix(f".{fmt}")
@@ -74,7 +74,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path, filters: list[str
         for (experiment, model), group in sorted(group_by(per_benchmark(ok), "experiment", "model").items(), key=str):
             text = difference_table(group, f"{experiment}: {model}")
             if text is not None:
-                path = out / "tables" / f"{_slug(f'{experiment}_{model}')}_vs_lora.md"
+                path = out / "tables" / f"{slug(f'{experiment}_{model}')}_vs_lora.md"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text, encoding="utf-8")
                 written.append(path)

@@ -127,5 +127,5 @@ class BufferedMetricsCallback(pl.Callback):
             self.set_init_time(init_seconds)
 
     def summary(self) -> dict[str, Any]:
-        """Figures for the run's result file (see :func:`astra.telemetry.collect_summary`)."""
+        """Figures for the run's result file (see :func:`astra.telemetry.summary.collect_summary`)."""
         return {}

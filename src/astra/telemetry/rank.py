@@ -11,15 +11,15 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from astra.adapter_layers import ADAPTER, lora_layers
-from astra.effective_rank import (
+from astra.models.adapters import ADAPTER, lora_layers
+from astra.telemetry.base import BufferedMetricsCallback
+from astra.telemetry.effective_rank import (
     dense_singular_values,
     effective_rank,
     lowrank_singular_values,
     spectrum_from_eigenvalues,
     stable_rank,
 )
-from astra.telemetry.base import BufferedMetricsCallback
 from astra.telemetry.naming import module_type, order_types, short_layer_name
 
 log = logging.getLogger(__name__)

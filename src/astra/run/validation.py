@@ -93,7 +93,7 @@ def validate_run_config(cfg: DictConfig) -> None:
     if _value(cfg, "forgetting.enabled"):
         for key in ("forgetting.max_length", "forgetting.max_windows", "forgetting.batch_size"):
             positive_int(cfg, key)
-    from astra.strategies import check_strategy_available
+    from astra.training.strategies import check_strategy_available
 
     try:  # an optional strategy's package (DeepSpeed) is checked before the model loads
         check_strategy_available(_value(cfg, "trainer.lightning.strategy"))

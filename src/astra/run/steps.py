@@ -1,4 +1,4 @@
-"""The steps run.py chains: each a plain function a test can call on its own."""
+"""The phases :mod:`astra.run.runner` chains: each a plain function a test can call on its own."""
 
 from __future__ import annotations
 
@@ -13,15 +13,14 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from astra.adapter_export import check_export_supported, export_adapter, save_initial_adapter  # noqa: F401 - run.py's steps
-from astra.adapter_layers import lora_layers
 from astra.calibration.identity import calibration_cache_identity
-from astra.checkpointing import PeriodicCheckpoint
 from astra.data.datamodule import TaskDataModule
 from astra.methods.base import InitContext
-from astra.run_resume import remove_checkpoint, resume_checkpoint  # noqa: F401 - run.py's steps
-from astra.tasks.base import EvalSettings
-from astra.training import CausalLMModule, SequenceClassificationModule
+from astra.models.adapters import lora_layers
+from astra.models.export import check_export_supported
+from astra.run.checkpointing import PeriodicCheckpoint
+from astra.tasks.base import EvalSettings, TaskFamily, get_family
+from astra.training.module import CausalLMModule, SequenceClassificationModule
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +60,17 @@ def choose_precision(trainer_cfg: Any, device: torch.device) -> str:
     return "32-true"
 
 
-def build_datamodule(cfg: DictConfig, tokenizer) -> TaskDataModule:
+def build_datamodule(cfg: DictConfig, family: TaskFamily, tokenizer) -> TaskDataModule:
     datamodule = TaskDataModule(
         cfg.task,
+        family,
         tokenizer,
         batch_size=cfg.trainer.batch_size,
         seed=cfg.seed,
         val_size=cfg.trainer.val_size,
         num_workers=cfg.trainer.num_workers,
     )
-    datamodule.family.check_ready(cfg.task)
+    family.check_ready(cfg.task)  # before any row is read: refuse early what evaluation would refuse
     datamodule.setup()
     return datamodule
 
@@ -115,7 +115,8 @@ def calibration_identity(cfg: DictConfig, loader) -> dict[str, Any]:
     )
 
 
-def apply_method(cfg: DictConfig, model: torch.nn.Module, datamodule: TaskDataModule, device: torch.device):
+def apply_method(cfg: DictConfig, model: torch.nn.Module, family: TaskFamily, datamodule: TaskDataModule,
+                 device: torch.device):
     """Wrap with PEFT as the method YAML says, then run its init callable. Returns (model, report)."""
     method = cfg.method
     check_export_supported(method)
@@ -127,16 +128,17 @@ def apply_method(cfg: DictConfig, model: torch.nn.Module, datamodule: TaskDataMo
         peft_kwargs = OmegaConf.to_container(method.peft, resolve=True)
         check_rank_fits(model, peft_kwargs["target_modules"], peft_kwargs["r"])
         torch.manual_seed(cfg.seed)  # Kaiming init of A and PiSSA's randomized SVD are seeded
-        task_type = PEFT_TASK_TYPES[datamodule.family.head]  # SEQ_CLS: the new classifier head trains in full
+        task_type = PEFT_TASK_TYPES[family.head]  # SEQ_CLS: the new classifier head trains in full
         head_modules = cfg.model.get("head_modules")  # e.g. BERT's pooler: trained in full with the classifier
         if head_modules and task_type == "SEQ_CLS":
             peft_kwargs["modules_to_save"] = list(head_modules)
         model = get_peft_model(model, LoraConfig(task_type=task_type, **peft_kwargs))
     loader, extra = None, {}
     if method.get("calibration"):
-        from astra.calibration_source import calibration_loader
+        from astra.calibration.source import calibration_loader
 
-        loader = calibration_loader(cfg, datamodule)  # calibration_source: this task's rows, another task's, text
+        # calibration_source: this task's rows, another task's (its family built here: calibration sits below tasks)
+        loader = calibration_loader(cfg, datamodule, family, family_of=get_family)
         extra["n_samples"] = method.calibration.n_samples
     context = InitContext(
         seed=cfg.seed,
@@ -159,7 +161,7 @@ def apply_method(cfg: DictConfig, model: torch.nn.Module, datamodule: TaskDataMo
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
-    from astra.telemetry import parameter_counts as count
+    from astra.telemetry.run_facts import parameter_counts as count
 
     trainable, total = count(model)
     return {"trainable": trainable, "total": total}
@@ -168,7 +170,7 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
 def build_trainer(cfg: DictConfig, device: torch.device, loggers: list, callbacks: list, run_dir: Path) -> pl.Trainer:
     kwargs = OmegaConf.to_container(cfg.trainer.lightning, resolve=True)
     kwargs["precision"] = choose_precision(cfg.trainer, device)
-    from astra.strategies import check_strategy_available
+    from astra.training.strategies import check_strategy_available
 
     check_strategy_available(kwargs.get("strategy"))
     if isinstance(kwargs.get("strategy"), dict):  # a strategy object (trainer=fsdp): built from its _target_
@@ -196,17 +198,18 @@ def forgetting_probe(cfg: DictConfig, tokenizer, device: torch.device, family=No
     if family is not None and family.head != "causal_lm":
         log.info("forgetting is measured for causal-LM tasks only; task %s trains a %s head", cfg.task.name, family.head)
         return None
-    from astra.forgetting import ForgettingProbe
+    from astra.training.forgetting import ForgettingProbe
 
     return ForgettingProbe(cfg.forgetting, tokenizer, device)
 
 
-def evaluate(cfg: DictConfig, model, tokenizer, datamodule: TaskDataModule, device: torch.device, run_dir: Path) -> dict:
+def evaluate(cfg: DictConfig, model, tokenizer, family: TaskFamily, datamodule: TaskDataModule, device: torch.device,
+             run_dir: Path) -> dict:
     """Score the test split with the task family's protocol; every generation and score goes to
     ``<run_dir>/eval/<task>.jsonl``."""
     settings = EvalSettings(limit=cfg.trainer.eval_limit, device=device, records_path=run_dir / "eval" / f"{cfg.task.name}.jsonl")
     model.to(device)
-    evaluation = datamodule.family.evaluate(model, tokenizer, datamodule.test_examples, cfg.task, settings)
+    evaluation = family.evaluate(model, tokenizer, datamodule.test_examples, cfg.task, settings)
     return {**evaluation, "items": item_outcomes(settings.records_path)}
 
 
@@ -256,7 +259,8 @@ def fit(module: CausalLMModule, datamodule: TaskDataModule, trainer: pl.Trainer,
 
 def build_telemetry(cfg: DictConfig, run_dir: Path, init_report: dict, init_seconds: float) -> tuple[list, list]:
     """Loggers from ``cfg.logger`` and callbacks from ``cfg.callbacks`` (a dict of ``_target_`` nodes)."""
-    from astra.callbacks import attach_run_info, build_loggers, instantiate_callbacks
+    from astra.telemetry.loggers import build_loggers
+    from astra.telemetry.summary import attach_run_info, instantiate_callbacks
 
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     attach_run_info(callbacks, init_time_s=init_seconds, init_report=init_report)
@@ -270,7 +274,7 @@ def telemetry_summary(callbacks: list) -> dict[str, Any]:
     effective rank, tokens/s, ...) for the result file, so tables never depend on W&B."""
     if not callbacks:
         return {}
-    from astra.callbacks import collect_summary
+    from astra.telemetry.summary import collect_summary
 
     return collect_summary(callbacks)
 
@@ -293,6 +297,6 @@ def telemetry_series(callbacks: list, losses: list[float], accumulate: int) -> d
 def finish_telemetry(loggers: list, failed: bool, summary: dict | None = None) -> None:
     """Always called (also on error): W&B runs are finished so one failed job cannot break a multirun."""
     if loggers:
-        from astra.loggers import finish_loggers
+        from astra.telemetry.loggers import finish_loggers
 
         finish_loggers(loggers, failed=failed, summary=summary)

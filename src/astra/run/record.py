@@ -1,4 +1,4 @@
-"""What one run records about itself, assembled into its result file (written by :mod:`astra.results`).
+"""What one run records about itself, assembled into its result file (written by :mod:`astra.run.results`).
 
 Statuses: ``ok`` (every phase finished), ``failed`` (an error; ``error`` holds it, a diverged loss included),
 ``interrupted`` (SIGINT / SIGTERM; ``interruption`` holds the signal and the phase). A resumed run replaces
@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from astra import results
+from astra.run import console, results, steps
+from astra.run.interrupts import RunInterrupted, interruption_guard
+from astra.training.module import TrainingDivergedError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,59 @@ class RunRecord:
         self.device: torch.device | None = None
         self.resume_from: Path | None = None
         self.facts: dict[str, Any] = {"metrics": {}, "train_loss": results.loss_summary([]), "parameters": None}
+        # What the runner built so far; read when the block is left, whatever the outcome.
+        self.module, self.trainer, self.loggers, self.callbacks = None, None, [], []
+        self.main_process = steps.is_main_process()  # only global rank 0 writes the result file
+        self.written: list[Path] = []
+        self._guard_context = None
+
+    def __enter__(self) -> RunRecord:
+        self._guard_context = interruption_guard()
+        self.guard = self._guard_context.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        diverged = None
+        try:
+            if isinstance(exc, RunInterrupted):
+                self.interrupted(exc)
+            elif exc is not None:  # the result file records the failure; the error still propagates
+                # A NaN loss can surface first as another error (an SVD in telemetry, a NaN in generation): name it.
+                diverged = exc if isinstance(exc, TrainingDivergedError) else (
+                    self.module.first_divergence() if self.module is not None else None)
+                self.failed(exc, diverged)
+                log.error("run failed: %s", self.error)
+                log.debug("traceback", exc_info=(exc_type, exc, tb))
+        finally:
+            self.guard.shield()  # a second signal must not cut the result file short
+            try:
+                self._collect_and_write()
+            finally:
+                self._guard_context.__exit__(None, None, None)
+        if diverged is not None and diverged is not exc:
+            raise diverged from exc
+        return False  # never swallow: the caller sees the run's own exception
+
+    def _collect_and_write(self) -> None:
+        if self.module is not None:
+            self.facts["train_loss"] = results.loss_summary(self.module.loss_history())
+            self.facts["resumed_from_step"] = self.module.resumed_from_step
+        if self.trainer is not None:
+            self.facts["steps_done"] = int(self.trainer.global_step)
+        self.facts["telemetry"] = steps.telemetry_summary(self.callbacks)
+        self.facts["series"] = steps.telemetry_series(  # for the report's figures (never read from W&B)
+            self.callbacks, self.facts["train_loss"]["per_step"], self.cfg.trainer.lightning.accumulate_grad_batches
+        )
+        steps.finish_telemetry(self.loggers, failed=self.status != "ok", summary=self.facts["telemetry"])
+        if not self.main_process:
+            return
+        try:
+            self.written = self.write(Path(self.cfg.paths.results_dir))
+        except Exception:
+            if self.status == "ok":
+                raise
+            log.exception("could not write the result file; the run's own error follows")
+        console.summary(self)
 
     def interrupted(self, exc: Any) -> None:
         self.status, self.error = "interrupted", describe(exc)

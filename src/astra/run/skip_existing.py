@@ -30,15 +30,40 @@ log = logging.getLogger(__name__)
 NOT_PART_OF_THE_CELL = ("paths", "logger", "resume", "skip_existing")
 CHOICES = ("auto", True, False)
 SKIPPED_FILE = "skipped.json"  # in the job directory of a skipped cell: which result stands for it
-PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # what ${astra_project:} resolves to (hydra_support)
+PROJECT_ROOT = str(Path(__file__).resolve().parents[3])  # what ${astra_project:} resolves to (hydra_support)
 PROJECT_PLACEHOLDER = "${astra_project:}"
 SHIPPED_FOLDERS = ("experiments", "conf", "src", "tests")  # where a recorded path may name a file the project ships
 
 
+# Classes and functions that moved between modules keep the identity of the cells that named them: a ``_target_`` is
+# hashed in its first spelling, so results written before a move are still recognised (skip-existing, the report's
+# grouping) and their fingerprints never change. A move adds a line here; nothing is ever removed.
+HISTORICAL_TARGETS = {
+    "astra.telemetry.loss.LRMonitor": "astra.callbacks.LRMonitor",
+    "astra.telemetry.loss.LossMonitor": "astra.callbacks.LossMonitor",
+    "astra.telemetry.grad_norm.GradNormMonitor": "astra.callbacks.GradNormMonitor",
+    "astra.telemetry.rank.EffectiveRankMonitor": "astra.callbacks.EffectiveRankMonitor",
+    "astra.telemetry.run_facts.RunFactsMonitor": "astra.callbacks.RunFactsMonitor",
+    "astra.training.strategies.fsdp_strategy": "astra.strategies.fsdp_strategy",
+    "astra.run.hydra_support.MultirunReport": "astra.hydra_support.MultirunReport",
+}
+
+
+def historical_targets(node: Any) -> Any:
+    """``node`` with every ``_target_`` written in its first spelling (:data:`HISTORICAL_TARGETS`)."""
+    if isinstance(node, dict):
+        return {key: HISTORICAL_TARGETS.get(value, value) if key == "_target_" and isinstance(value, str)
+                else historical_targets(value) for key, value in node.items()}  # fmt: skip
+    if isinstance(node, list):
+        return [historical_targets(value) for value in node]
+    return node
+
+
 def config_fingerprint(config: dict[str, Any], project_root: str | None = PROJECT_ROOT) -> str:
     """sha256 (16 hex digits) of a resolved config (a plain dict) without the keys of ``NOT_PART_OF_THE_CELL``, with
-    ``project_root`` (the folder the config was resolved in; None: none known) written as ``${astra_project:}``."""
-    cell = {key: value for key, value in config.items() if key not in NOT_PART_OF_THE_CELL}
+    ``project_root`` (the folder the config was resolved in; None: none known) written as ``${astra_project:}`` and
+    moved ``_target_`` paths in their first spelling."""
+    cell = {key: historical_targets(value) for key, value in config.items() if key not in NOT_PART_OF_THE_CELL}
     text = json.dumps(cell, sort_keys=True, default=str, separators=(",", ":"))
     if project_root:
         text = text.replace(json.dumps(project_root)[1:-1], PROJECT_PLACEHOLDER)  # as JSON escapes it

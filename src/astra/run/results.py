@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "lightning", "hydra-core", "wandb", "tokenizers", "astra-lora")
 REQUIRED_KEYS = (
     "method", "task", "model", "seed", "rank", "alpha", "learning_rate", "config", "overrides", "metrics",

@@ -24,7 +24,7 @@ if not OmegaConf.has_resolver("astra_uid"):
 # ${astra_project:}: the project folder (where conf/ and experiments/ are), so configs can name shipped files such as
 # experiments/real/qnli_split.json whatever the current directory.
 if not OmegaConf.has_resolver("astra_project"):
-    OmegaConf.register_new_resolver("astra_project", lambda: str(Path(__file__).resolve().parents[2]))
+    OmegaConf.register_new_resolver("astra_project", lambda: str(Path(__file__).resolve().parents[3]))
 # ${astra_or:${calibration_samples},64}: the run-wide setting when it is set, else the method's own default (an
 # experiment sweeping methods sets calibration_samples once, without giving calibration to methods that have none).
 if not OmegaConf.has_resolver("astra_or"):
@@ -41,7 +41,7 @@ def job_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
         if result_file.is_file():
             result = json.loads(result_file.read_text(encoding="utf-8"))
             status, error = result.get("status"), result.get("error")
-        elif skipped_file.is_file():  # an ok result for the same config existed (astra.skip_existing)
+        elif skipped_file.is_file():  # an ok result for the same config existed (astra.run.skip_existing)
             status, error = "skipped", None
         else:
             status, error = "missing", "no result.json: the job died before it could write one"

@@ -1,7 +1,7 @@
 """Train the tiny model's byte-level BPE tokenizer from the shipped GSM8K training sample.
 
-    python -m astra.data.build_tokenizer            # rewrites src/astra/assets/tiny_bpe_tokenizer.json
-    python -m astra.data.build_tokenizer --out x.json
+    python -m astra.run.build_tokenizer            # rewrites src/astra/assets/tiny_bpe_tokenizer.json
+    python -m astra.run.build_tokenizer --out x.json
 
 Byte-level, so any text encodes (no unknown tokens); deterministic, so the committed file is reproducible
 (a test rebuilds it and compares).
@@ -15,7 +15,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from astra.data.sources import SAMPLES_DIR, read_rows
-from astra.models import SPECIAL_TOKENS, TINY_TOKENIZER_FILE
+from astra.models.build import SPECIAL_TOKENS, TINY_TOKENIZER_FILE
 from astra.tasks.math import gsm8k_example
 
 VOCAB_SIZE = 2048

@@ -1,5 +1,5 @@
 """Model and tokenizer construction: tiny seeded models for offline work (LLaMA; BERT for GLUE), real checkpoints
-from wherever ``astra.model_sources`` finds them, with the head the task family asks for."""
+from wherever ``astra.models.sources`` finds them, with the head the task family asks for."""
 
 from __future__ import annotations
 
@@ -18,18 +18,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from astra.model_sources import (  # noqa: F401 - re-exported: callers read where weights come from through here
-    _hub_reachable,
-    convert_gguf,
-    gguf_checkpoint,
-    local_checkpoint_dir,
-    resolve_model_location,
-    resolve_pretrained_location,
-)
+from astra.models.sources import resolve_model_location
 
 log = logging.getLogger(__name__)
 
-TINY_TOKENIZER_FILE = Path(__file__).parent / "assets" / "tiny_bpe_tokenizer.json"
+TINY_TOKENIZER_FILE = Path(__file__).resolve().parents[1] / "assets" / "tiny_bpe_tokenizer.json"
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -45,7 +38,7 @@ def load_tiny_tokenizer(tokenizer_file: Path = TINY_TOKENIZER_FILE) -> PreTraine
     if not Path(tokenizer_file).is_file():
         raise FileNotFoundError(
             f"tiny tokenizer file {tokenizer_file} is missing; rebuild it with "
-            "`python -m astra.data.build_tokenizer`"
+            "`python -m astra.run.build_tokenizer`"
         )
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), **SPECIAL_TOKENS)
     tokenizer.padding_side = "right"

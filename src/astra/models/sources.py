@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 log = logging.getLogger(__name__)
 
 
-def _hub_reachable(timeout: float = 5.0) -> bool:
+def hub_reachable(timeout: float = 5.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     import urllib.request
@@ -66,7 +66,7 @@ def resolve_pretrained_location(hub_id: str, path: str | None, name: str) -> str
     cached = _cached_snapshot(hub_id)
     if cached:
         return cached
-    if not _hub_reachable():
+    if not hub_reachable():
         raise RuntimeError(
             f"model={name} needs the Hugging Face Hub to download {hub_id!r}, which cannot be reached "
             f"from here (offline or HF_HUB_OFFLINE=1), and no cached copy exists. Download it elsewhere "

@@ -118,6 +118,10 @@ def build_loggers(
             config=config,
             mode="offline" if offline else "online",
         )
+        # Lightning always passes anonymous=None, which wandb >= 0.2x reports as a deprecated setting on every run;
+        # the key means nothing offline, so it is dropped before the run starts (no warning line per run).
+        if getattr(logger, "_wandb_init", {}).get("anonymous", "set") is None:
+            logger._wandb_init.pop("anonymous")
         _ = logger.experiment  # start now: config recorded, errors surface before training
         return [logger]
     raise ValueError(f"logger.kind={kind!r} is not one of wandb, csv, none")

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from astra.checkpointing import checkpoint_path
+from astra.run.checkpointing import checkpoint_path
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Training: the Lightning modules (module), multi-GPU strategies (strategies) and the forgetting probe."""
