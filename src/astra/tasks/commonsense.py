@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, write_records
+from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, item_outcomes, write_records
 from astra.tasks.commonsense_data import answer_word, parse_llm_adapters_row, read_hellaswag
 from astra.tasks.commonsense_hub import hub_item
 from astra.tasks.generation import generation_options, greedy_generate
@@ -95,7 +95,7 @@ class CommonsenseFamily(TaskFamily):
         if not benchmarks:
             records, metrics = self._score(model, tokenizer, examples, task_cfg, settings, task_cfg.benchmark)
             write_records(settings.records_path, records)
-            return {"metrics": metrics, "samples": records[:3]}
+            return {"metrics": metrics, "samples": records[:3], "items": item_outcomes(records)}
         # A suite: each benchmark scored on its own items (the first ``limit`` of each); ``accuracy`` is their mean.
         records, metrics = [], {}
         for benchmark in benchmarks:
@@ -106,7 +106,7 @@ class CommonsenseFamily(TaskFamily):
         metrics["accuracy"] = sum(metrics[f"accuracy_{b}"] for b in benchmarks) / len(benchmarks)
         metrics["n_eval"] = float(len(records))
         write_records(settings.records_path, records)
-        return {"metrics": metrics, "samples": records[:3]}
+        return {"metrics": metrics, "samples": records[:3], "items": item_outcomes(records)}
 
     def _score(self, model, tokenizer, examples: list[Example], task_cfg: Any, settings: EvalSettings,
                benchmark: str) -> tuple[list[dict], dict]:  # fmt: skip

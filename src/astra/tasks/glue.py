@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from astra.tasks.base import EvalSettings, Example, TaskFamily, write_records
+from astra.tasks.base import EvalSettings, Example, TaskFamily, item_outcomes, write_records
 from astra.tasks.glue_data import GLUE_TASKS, read_glue_tsv, read_hub_row
 from astra.tasks.glue_metrics import compute_glue_metrics, compute_mnli_metrics
 
@@ -135,4 +135,5 @@ class GlueFamily(TaskFamily):
         else:
             metrics = compute_glue_metrics(spec.name, *scored[spec.dev_splits[0]])
         write_records(settings.records_path, records)
-        return {"metrics": {k: float(v) for k, v in metrics.items()}, "samples": records[:3]}
+        return {"metrics": {k: float(v) for k, v in metrics.items()}, "samples": records[:3],
+                "items": item_outcomes(records)}
