@@ -8,6 +8,9 @@ lm-eval's prompt for the log-likelihood protocol and LLM-Adapters' ``instruction
 One difference from the files, from the data rather than a choice: BoolQ's Hub rows carry the passage, so the
 log-likelihood query is lm-eval's own ``"{passage}\\nQuestion: {question}?\\nAnswer:"`` (the LLM-Adapters file has
 no passage and is scored on the question alone); the generation instruction has no passage, as LLM-Adapters.
+
+A reader is chosen by the rows' schema (``CommonsenseBenchmark.hub_layout``), not by the benchmark's name, so a
+new benchmark whose Hub rows share a schema (``{question, choices, answerKey}`` as ARC's) needs no code.
 """
 
 from __future__ import annotations
