@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from astra.tasks.base import ALPACA_PROMPT
 from astra.tasks.commonsense import CommonsenseFamily
 from astra.tasks.commonsense_data import TASKS, CommonsenseDataError, parse_llm_adapters_row
-from astra.tasks.commonsense_hub import HUB_TEST, hub_item
+from astra.tasks.commonsense_hub import hub_item
 
 # One row per benchmark in its Hub dataset's schema (field names and value types as the datasets publish them).
 HUB_ROWS = {
@@ -31,10 +31,12 @@ GOLD = {"boolq": 1, "piqa": 0, "siqa": 0, "hellaswag": 0, "winogrande": 0, "arc_
 
 
 def test_every_benchmark_has_a_hub_row_and_yaml_source():
-    assert set(HUB_ROWS) == set(TASKS) == set(HUB_TEST)
-    for task, hub in HUB_TEST.items():
+    """The Hub dataset lives in the task YAML only; the suite names the same one for each benchmark."""
+    assert set(HUB_ROWS) == set(TASKS)
+    suite = OmegaConf.load("conf/task/commonsense_suite.yaml").hub
+    for task in TASKS:
         yaml_hub = OmegaConf.load(f"conf/task/{task}.yaml").hub.test
-        assert (yaml_hub.path, yaml_hub.name, yaml_hub.split) == (hub["path"], hub["name"], hub["split"])
+        assert yaml_hub.path and yaml_hub.split and suite[task] == yaml_hub
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -65,7 +67,7 @@ def test_hub_queries_are_lm_evals():
 
 def test_bad_hub_rows_name_the_row_and_what_was_expected():
     with pytest.raises(CommonsenseDataError, match=r"row 7: a piqa Hub row needs fields .*missing \['sol2'\].*baber/piqa"):
-        hub_item("piqa", {"goal": "g", "sol1": "a", "label": 0}, 7, "row 7")
+        hub_item("piqa", {"goal": "g", "sol1": "a", "label": 0}, 7, "row 7", dataset="baber/piqa")
     with pytest.raises(CommonsenseDataError, match=r"answerKey='E' is not one of \['A', 'B', 'C'\]"):
         hub_item("arc_e", {**HUB_ROWS["arc_e"], "answerKey": "E"}, 1, "row 1")
     with pytest.raises(CommonsenseDataError, match=r"label='' is not one of"):

@@ -50,7 +50,7 @@ def _object_or_error(row: Any, path: Path, line: int, expected: str) -> dict:
     return row
 
 
-def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+def jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
     rows = []
     # split("\n"), not splitlines(): line numbers must match what editors show, and splitlines() also
     # breaks on characters such as \u2028 that may sit inside a JSON string.
@@ -103,7 +103,7 @@ def read_rows_with_lines(path: str | Path) -> list[tuple[int, dict]]:
     # Some published .json files hold JSON Lines (MATH's test.json in several repositories): an object first,
     # not an array, says so unambiguously.
     lines_format = path.suffix == ".jsonl" or text.lstrip().startswith("{")
-    return _jsonl_rows(path, text) if lines_format else _json_array_rows(path, text)
+    return jsonl_rows(path, text) if lines_format else _json_array_rows(path, text)
 
 
 def read_rows(path: str | Path) -> list[dict]:

@@ -7,21 +7,27 @@ The pipeline asks the family named by ``task.family`` for three things and never
 - ``calibration_example(row, task_cfg, text) -> Example``: what data-driven inits see for a training row:
   ``text=train`` (the row as formatted for training) or ``text=reference`` (the Astra reference code's
   ``instruction + "\\n### Response:" + output``, without the Alpaca header);
-- ``evaluate(model, tokenizer, examples, task_cfg, settings) -> {"metrics", "samples"}``, writing every
-  generation and score to ``settings.records_path`` (jsonl) for inspection.
+- ``evaluate(model, tokenizer, examples, task_cfg, settings) -> {"metrics", "samples", "items"}``, writing every
+  generation and score to ``settings.records_path`` (jsonl) for inspection; ``items`` is
+  :func:`item_outcomes` of those records (per item: an id and whether it was right), handed over in memory.
 
-Adding a benchmark of an existing family is one YAML (its ``format`` names one of the family's row formats).
+Adding a benchmark of an existing family is one YAML: its ``format`` names one of the family's row formats and
+its ``benchmark`` a row of the family's table (``commonsense_benchmarks.BENCHMARKS``, ``glue_data.GLUE_TASKS``);
+a benchmark the table lacks states the same facts under ``task.benchmark_facts.<name>`` in its YAML.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from astra.tasks.batches import collate, tokenize_example
+from astra.tasks.examples import Example
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes "
@@ -32,14 +38,6 @@ CALIBRATION_TEXTS = ("train", "reference")
 
 FAMILIES = {"math": "astra.tasks.math:MathFamily", "commonsense": "astra.tasks.commonsense:CommonsenseFamily",
             "code": "astra.tasks.code:CodeFamily", "glue": "astra.tasks.glue:GlueFamily"}
-
-
-@dataclass(frozen=True)
-class Example:
-    prompt: str
-    answer: str  # the training target
-    reference: Any  # what evaluation compares against (a number, a \boxed{} answer, a choice index, ...)
-    meta: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -68,13 +66,9 @@ class TaskFamily:
         return ["test"]
 
     def tokenize(self, example: Example, tokenizer: Any, max_length: int) -> dict:
-        from astra.tasks.batches import tokenize_example
-
         return tokenize_example(example, tokenizer, max_length)
 
     def collate(self, features: list[dict], pad_token_id: int, pad_to: int | None = None) -> dict:
-        from astra.tasks.batches import collate
-
         return collate(features, pad_token_id, pad_to)
 
     def check_ready(self, task_cfg: Any) -> None:
@@ -129,3 +123,22 @@ def write_records(path: Path | None, records: list[dict]) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def item_outcomes(records: list[dict]) -> dict[str, list] | None:
+    """Per test item, in evaluation order: an id and whether it was right (``{"ids", "correct"}``), for paired
+    comparisons between runs (the report's bootstrap intervals); None when the task scores no item as right/wrong
+    (STS-B's regression) or scored nothing. Computed from the records ``evaluate`` writes, so the file on disk and
+    the outcomes in the result always agree."""
+    if not records or not all("correct" in record for record in records):
+        return None
+
+    def item_id(position: int, record: dict) -> str:
+        for key in ("id", "task_id", "index"):
+            if record.get(key) is not None:
+                return str(record[key])
+        if record.get("idx") is not None:
+            return f"{record.get('split', '')}:{record['idx']}"
+        return str(position)
+
+    return {"ids": [item_id(k, r) for k, r in enumerate(records)], "correct": [int(bool(r["correct"])) for r in records]}

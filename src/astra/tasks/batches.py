@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from astra.tasks.base import Example
+from astra.tasks.examples import Example
 
 IGNORE_INDEX = -100
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, write_records
+from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, item_outcomes, write_records
 from astra.tasks.code_execution import (
     ExecutionPolicy,
     ExecutionResult,
@@ -251,4 +251,4 @@ class CodeFamily(TaskFamily):
             if plus_passed:
                 metrics["pass@1_plus"] = sum(plus_passed) / len(plus_passed)
         samples = [{**r, "generation": r["generation"][:400], "detail": r["detail"][-300:]} for r in records[:3]]
-        return {"metrics": metrics, "samples": samples}
+        return {"metrics": metrics, "samples": samples, "items": item_outcomes(records)}

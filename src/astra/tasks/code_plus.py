@@ -11,7 +11,7 @@ import pickle
 import zlib
 from pathlib import Path
 
-from astra.data.sources import _jsonl_rows
+from astra.data.sources import jsonl_rows
 
 PLUS_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol")  # EvalPlus rows
 
@@ -26,7 +26,7 @@ def read_jsonl_gz(path: Path) -> tuple[list[dict], list[str]]:
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise ValueError(f"{path} line {line} (decompressed): not valid UTF-8 ({error.reason})") from None
-    numbered = _jsonl_rows(path, text.removeprefix("\ufeff"))
+    numbered = jsonl_rows(path, text.removeprefix("\ufeff"))
     return [row for _, row in numbered], [f"file {path} line {line}" for line, _ in numbered]
 
 

@@ -18,7 +18,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, write_records
+from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, item_outcomes, write_records
+from astra.tasks.commonsense_benchmarks import BENCHMARKS, CommonsenseBenchmark
+from astra.tasks.commonsense_benchmarks import benchmark as spec
 from astra.tasks.commonsense_data import answer_word, parse_llm_adapters_row, read_hellaswag
 from astra.tasks.commonsense_hub import hub_item
 from astra.tasks.generation import generation_options, greedy_generate
@@ -26,12 +28,7 @@ from astra.tasks.lm_eval_runner import score_multiple_choice
 
 PROTOCOLS = ("loglikelihood", "generation")
 # The option words the generation protocol looks for, per benchmark (as LLM-Adapters' answer extraction).
-ANSWER_WORDS = {
-    "boolq": r"true|false", "piqa": r"solution1|solution2", "siqa": r"answer1|answer2|answer3",
-    "arc_e": r"answer1|answer2|answer3|answer4|answer5", "arc_c": r"answer1|answer2|answer3|answer4|answer5",
-    "obqa": r"answer1|answer2|answer3|answer4", "winogrande": r"option1|option2",
-    "hellaswag": r"ending1|ending2|ending3|ending4",
-}  # fmt: skip
+ANSWER_WORDS = {name: "|".join(b.answer_words) for name, b in BENCHMARKS.items()}
 
 
 def hellaswag_instruction(item: dict) -> str:
@@ -41,8 +38,8 @@ def hellaswag_instruction(item: dict) -> str:
             "Answer format: ending1/ending2/ending3/ending4")  # fmt: skip
 
 
-def first_answer_word(benchmark: str, generation: str) -> str | None:
-    found = re.findall(ANSWER_WORDS[benchmark], generation.strip().lower())
+def first_answer_word(benchmark: str | CommonsenseBenchmark, generation: str) -> str | None:
+    found = re.findall("|".join(spec(benchmark).answer_words), generation.strip().lower())
     return found[0] if found else None
 
 
@@ -75,12 +72,14 @@ class CommonsenseFamily(TaskFamily):
         benchmark = split if split in suite_benchmarks(task_cfg) else task_cfg.benchmark
         positions = self.__dict__.setdefault("_positions", {})
         position = positions[benchmark] = positions.get(benchmark, 0) + 1  # 1-based, per benchmark: the item id
+        facts = spec(benchmark, task_cfg)  # the table's row, or the YAML's task.benchmark_facts.<benchmark>
         if "query" in row and "gold" in row:  # already an item (HellaSwag's text file)
             item = row
         elif "instruction" in row:  # an LLM-Adapters test file
-            item = parse_llm_adapters_row(benchmark, row, "row", position)
+            item = parse_llm_adapters_row(facts, row, "row", position)
         else:  # the benchmark's own Hub dataset (task.source=hub)
-            item = hub_item(benchmark, row, position, f"row {position}")
+            hub = (task_cfg.get("hub") or {}).get(benchmark if benchmark in suite_benchmarks(task_cfg) else "test")
+            item = hub_item(facts, row, position, f"row {position}", dataset=hub.get("path") if hub else None)
         instruction = row.get("instruction") or item.get("instruction") or hellaswag_instruction(item)
         return Example(ALPACA_PROMPT.format(instruction=instruction), "", item["gold"], meta=item)
 
@@ -93,23 +92,23 @@ class CommonsenseFamily(TaskFamily):
             raise ValueError(f"task.eval.protocol={protocol!r} is not valid; expected one of {list(PROTOCOLS)}")
         benchmarks = suite_benchmarks(task_cfg)
         if not benchmarks:
-            records, metrics = self._score(model, tokenizer, examples, task_cfg, settings, task_cfg.benchmark)
+            records, metrics = self._score(model, tokenizer, examples, task_cfg, settings, spec(task_cfg.benchmark, task_cfg))
             write_records(settings.records_path, records)
-            return {"metrics": metrics, "samples": records[:3]}
+            return {"metrics": metrics, "samples": records[:3], "items": item_outcomes(records)}
         # A suite: each benchmark scored on its own items (the first ``limit`` of each); ``accuracy`` is their mean.
         records, metrics = [], {}
         for benchmark in benchmarks:
             items = [e for e in examples if e.meta["task"] == benchmark]
-            scored, scores = self._score(model, tokenizer, items, task_cfg, settings, benchmark)
+            scored, scores = self._score(model, tokenizer, items, task_cfg, settings, spec(benchmark, task_cfg))
             records += [{"benchmark": benchmark, **record} for record in scored]
             metrics[f"accuracy_{benchmark}"] = scores["accuracy"]
         metrics["accuracy"] = sum(metrics[f"accuracy_{b}"] for b in benchmarks) / len(benchmarks)
         metrics["n_eval"] = float(len(records))
         write_records(settings.records_path, records)
-        return {"metrics": metrics, "samples": records[:3]}
+        return {"metrics": metrics, "samples": records[:3], "items": item_outcomes(records)}
 
     def _score(self, model, tokenizer, examples: list[Example], task_cfg: Any, settings: EvalSettings,
-               benchmark: str) -> tuple[list[dict], dict]:  # fmt: skip
+               benchmark: CommonsenseBenchmark) -> tuple[list[dict], dict]:  # fmt: skip
         examples = examples[: settings.limit] if settings.limit else examples
         if task_cfg.eval.protocol == "loglikelihood":
             work_dir = (settings.records_path.parent if settings.records_path else Path(".")) / "lm_eval"

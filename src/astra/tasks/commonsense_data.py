@@ -14,7 +14,7 @@ Prompts follow lm-eval 0.4.13's built-in tasks, with these differences forced by
   answers; obqa ``"{question_stem}"`` / 4 answers: as lm-eval.
 - winogrande: lm-eval's partial evaluation: ``query`` is the sentence before the blank, ``choices`` the two
   options, ``continuation`` the rest of the sentence after the blank; the scored text is ``" " + continuation``
-  given ``query + option`` (lm-eval's ``multiple_input`` form, see ``lm_eval_tasks/astra_winogrande.yaml``).
+  given ``query + option`` (lm-eval's ``multiple_input`` form, see ``commonsense_benchmarks.lm_eval_config``).
 - hellaswag: lm-eval builds ``preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize())``; the text
   file has ``"<activity_label>: <ctx>"`` with ctx_b NOT capitalised and no ctx_a/ctx_b boundary, so when the
   context ends mid-sentence the fragment after its last ". " is capitalised (``str.capitalize``, as lm-eval), then
@@ -32,67 +32,30 @@ import re
 from pathlib import Path
 from typing import Any
 
-TASKS = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_e", "arc_c", "obqa")
-# Paths of the real test files below a data root such as /work/shared/data.
-DATA_FILES = {
-    "boolq": "boolq/test.json",
-    "piqa": "piqa/test.json",
-    "siqa": "social_i_qa/test.json",
-    "hellaswag": "hellaswag/hellaswag_val_full.txt.bz2",
-    "winogrande": "winogrande/test.json",
-    "arc_e": "ARC-Easy/test.json",
-    "arc_c": "ARC-Challenge/test.json",
-    "obqa": "openbookqa/test.json",
-}
-EXPECTED_COUNTS = {
-    "boolq": 3270,
-    "piqa": 1838,
-    "siqa": 1954,
-    "hellaswag": 10042,
-    "winogrande": 1267,
-    "arc_e": 2376,
-    "arc_c": 1172,
-    "obqa": 500,
-}
-# The LLM-Adapters answer word of choice k (0-based), per task.
-_ANSWER_WORD = {
-    "boolq": lambda k: ("false", "true")[k],
-    "piqa": lambda k: f"solution{k + 1}",
-    "siqa": lambda k: f"answer{k + 1}",
-    "arc_e": lambda k: f"answer{k + 1}",
-    "arc_c": lambda k: f"answer{k + 1}",
-    "obqa": lambda k: f"answer{k + 1}",
-    "winogrande": lambda k: f"option{k + 1}",
-    "hellaswag": lambda k: f"ending{k + 1}",
-}
+from astra.tasks.commonsense_benchmarks import BENCHMARKS, CommonsenseBenchmark, benchmark
+
+# Views of the table in commonsense_benchmarks, under the names callers know.
+TASKS = tuple(BENCHMARKS)
+DATA_FILES = {name: b.data_file for name, b in BENCHMARKS.items()}  # below a data root such as /work/shared/data
+EXPECTED_COUNTS = {name: b.expected_count for name, b in BENCHMARKS.items()}
 
 _CHOOSE_ANSWER = r"Please choose the correct answer to the question: (?P<question>.*)\n\n(?P<options>Answer1: .*)\n\n"
-_PATTERNS = {
-    "boolq": re.compile(
+# The LLM-Adapters instruction of each layout (commonsense_benchmarks.LAYOUTS; ``ending`` is read from its text file).
+PATTERNS = {
+    "true_false": re.compile(
         r"Please answer the following question with true or false, question: (?P<question>.*)"
         r"\n\nAnswer format: (?P<format>true/false)"
     ),
-    "piqa": re.compile(
+    "solution": re.compile(
         r"Please choose the correct solution to the question: (?P<question>.*)\n\n"
         r"Solution1: (?P<c1>.*)\n\nSolution2: (?P<c2>.*)\n\nAnswer format: (?P<format>solution1/solution2)"
     ),
-    "winogrande": re.compile(
+    "option": re.compile(
         r"Please choose the correct answer to fill in the blank to complete the given sentence: "
         r"(?P<question>.*)\n\nOption1: (?P<c1>.*?) Option2: (?P<c2>.*?) "
         r"Answer format: (?P<format>option1/option2)"
     ),
-    **{
-        task: re.compile(_CHOOSE_ANSWER + r"Answer format: (?P<format>answer1(?:/answer\d)+)")
-        for task in ("siqa", "arc_e", "arc_c", "obqa")
-    },
-}
-_QUERY = {
-    "boolq": "Question: {}?\nAnswer:",
-    "piqa": "Question: {}\nAnswer:",
-    "siqa": "Q: {}\nA:",
-    "arc_e": "Question: {}\nAnswer:",
-    "arc_c": "Question: {}\nAnswer:",
-    "obqa": "{}",
+    "answer": re.compile(_CHOOSE_ANSWER + r"Answer format: (?P<format>answer1(?:/answer\d)+)"),
 }
 
 
@@ -102,7 +65,9 @@ class CommonsenseDataError(ValueError):
 
 def answer_word(item: dict[str, Any]) -> str:
     """What LLM-Adapters' generation protocol expects for ``item`` ("solution1", "answer3", "true", ...)."""
-    return _ANSWER_WORD[item["task"]](item["gold"])
+    if "answer_word" in item:  # every item built here carries it (a benchmark from a task YAML is not in the table)
+        return item["answer_word"]
+    return BENCHMARKS[item["task"]].answer_word(item["gold"])
 
 
 def hellaswag_preprocess(text: str) -> str:
@@ -113,16 +78,21 @@ def hellaswag_preprocess(text: str) -> str:
     return text.replace("  ", " ")
 
 
-def _item(task: str, position: int, query: str, choices: list[str], gold: int, **extra: Any) -> dict[str, Any]:
-    item = {"id": f"{task}-{position}", "task": task, "query": query, "choices": choices, "gold": gold, **extra}
-    item["answer_word"] = answer_word(item)
+def make_item(task: str | CommonsenseBenchmark, position: int, query: str, choices: list[str], gold: int,
+              **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """An item of benchmark ``task``; its id ``<benchmark>-<position>`` is what reports split suites by."""
+    spec = benchmark(task)
+    item = {"id": f"{spec.name}-{position}", "task": spec.name, "query": query, "choices": choices, "gold": gold, **extra}
+    item["answer_word"] = spec.answer_word(gold)
     return item
 
 
-def parse_llm_adapters_row(task: str, row: Any, where: str, position: int) -> dict[str, Any]:
+def parse_llm_adapters_row(task: str | CommonsenseBenchmark, row: Any, where: str, position: int) -> dict[str, Any]:
     """One LLM-Adapters row ``{instruction, input, output, answer}`` -> item; ``where`` names it in errors."""
-    if task not in _PATTERNS:
-        raise CommonsenseDataError(f"{where}: task {task!r} has no LLM-Adapters format (known: {sorted(_PATTERNS)})")
+    spec = benchmark(task) if isinstance(task, CommonsenseBenchmark) or task in BENCHMARKS else None
+    if spec is None or spec.layout not in PATTERNS:
+        known = sorted(name for name, b in BENCHMARKS.items() if b.layout in PATTERNS)
+        raise CommonsenseDataError(f"{where}: task {task!r} has no LLM-Adapters format (known: {known})")
     if (
         not isinstance(row, dict)
         or not isinstance(row.get("instruction"), str)
@@ -131,13 +101,13 @@ def parse_llm_adapters_row(task: str, row: Any, where: str, position: int) -> di
         raise CommonsenseDataError(
             f"{where}: expected an object with string 'instruction' and 'answer', got {row!r:.200}"
         )
-    match = _PATTERNS[task].fullmatch(row["instruction"])
+    match = PATTERNS[spec.layout].fullmatch(row["instruction"])
     if match is None:
         raise CommonsenseDataError(
-            f"{where}: the instruction does not match the {task} format; it starts {row['instruction'][:160]!r}"
+            f"{where}: the instruction does not match the {spec.name} format; it starts {row['instruction'][:160]!r}"
         )
     words = match["format"].split("/")
-    if task == "boolq":
+    if spec.layout == "true_false":
         choices = ["no", "yes"]
     elif "options" in match.groupdict():
         names = [w.capitalize() for w in words]  # Answer1, Answer2, ...
@@ -150,23 +120,23 @@ def parse_llm_adapters_row(task: str, row: Any, where: str, position: int) -> di
         choices = [match["c1"], match["c2"]]
     if len(choices) != len(words):
         raise CommonsenseDataError(f"{where}: {len(choices)} options but the answer format lists {match['format']}")
-    valid = [_ANSWER_WORD[task](k) for k in range(len(choices))]
+    valid = [spec.answer_word(k) for k in range(len(choices))]
     answer = row["answer"].strip().lower()
     if answer not in valid:
         raise CommonsenseDataError(f"{where}: answer {row['answer']!r} is not one of {valid}")
     gold = valid.index(answer)
     question = match["question"]
-    if task == "boolq":
-        return _item(task, position, _QUERY[task].format(question.rstrip().rstrip("?")), choices, gold)
-    if task == "winogrande":
+    if spec.layout == "true_false":
+        return make_item(spec, position, spec.query.format(question.rstrip().rstrip("?")), choices, gold)
+    if spec.layout == "option":
         if question.count("_") != 1:
             raise CommonsenseDataError(f"{where}: expected one '_' blank in the sentence {question[:160]!r}")
         blank = question.index("_")
-        return _item(task, position, question[:blank], choices, gold, continuation=question[blank + 1 :].strip())
-    return _item(task, position, _QUERY[task].format(question), choices, gold)
+        return make_item(spec, position, question[:blank], choices, gold, continuation=question[blank + 1 :].strip())
+    return make_item(spec, position, spec.query.format(question), choices, gold)
 
 
-def read_llm_adapters(task: str, path: str | Path) -> list[dict[str, Any]]:
+def read_llm_adapters(task: str | CommonsenseBenchmark, path: str | Path) -> list[dict[str, Any]]:
     """All items of an LLM-Adapters ``test.json`` (a JSON array of rows)."""
     path = Path(path)
     try:
@@ -214,17 +184,16 @@ def read_hellaswag(path: str | Path) -> list[dict[str, Any]]:
             if not ending.strip():
                 raise CommonsenseDataError(f"{where}: ending {j + 1} (line {6 * k + 3 + j}) is empty")
         query = hellaswag_preprocess(_capitalize_open_sentence(context))
-        items.append(_item("hellaswag", k + 1, query, [hellaswag_preprocess(e) for e in endings], int(label)))
+        items.append(make_item("hellaswag", k + 1, query, [hellaswag_preprocess(e) for e in endings], int(label)))
     return items
 
 
-def read_task(task: str, path: str | Path) -> list[dict[str, Any]]:
-    """Items of ``task`` (one of ``TASKS``) from its file."""
-    if task not in TASKS:
-        raise ValueError(f"unknown commonsense task {task!r}; expected one of {TASKS}")
-    return read_hellaswag(path) if task == "hellaswag" else read_llm_adapters(task, path)
+def read_task(task: str | CommonsenseBenchmark, path: str | Path) -> list[dict[str, Any]]:
+    """Items of ``task`` (one of ``TASKS``, or a benchmark row) from its file."""
+    spec = benchmark(task)
+    return read_hellaswag(path) if spec.layout == "ending" else read_llm_adapters(spec, path)
 
 
 def read_from_root(task: str, data_root: str | Path) -> list[dict[str, Any]]:
     """Items of ``task`` from its usual file below ``data_root`` (see ``DATA_FILES``)."""
-    return read_task(task, Path(data_root) / DATA_FILES[task])
+    return read_task(task, Path(data_root) / benchmark(task).data_file)

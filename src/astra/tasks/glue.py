@@ -16,15 +16,23 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from astra.tasks.base import EvalSettings, Example, TaskFamily, write_records
-from astra.tasks.glue_data import GLUE_TASKS, read_glue_tsv, read_hub_row
-from astra.tasks.glue_metrics import compute_glue_metrics, compute_mnli_metrics
+from astra.tasks.base import EvalSettings, Example, TaskFamily, item_outcomes, write_records
+from astra.tasks.glue_data import GLUE_TASKS, GlueTaskSpec, glue_spec, read_glue_tsv, read_hub_row
+from astra.tasks.glue_metrics import compute_dev_metrics
 
 
-def task_spec(task_cfg: Any):
+def task_spec(task_cfg: Any) -> GlueTaskSpec:
+    """The task's row of ``GLUE_TASKS``, or the one its YAML states under ``task.benchmark_facts.<benchmark>``."""
     benchmark = task_cfg.benchmark
+    facts = (task_cfg.get("benchmark_facts") or {}).get(benchmark)
+    if facts is not None:
+        try:
+            return glue_spec(benchmark, **dict(facts))
+        except TypeError as error:  # a missing or unknown key
+            raise ValueError(f"task.benchmark_facts.{benchmark}: {error} (the arguments of glue_data.glue_spec)") from None
     if benchmark not in GLUE_TASKS:
-        raise ValueError(f"task.benchmark={benchmark!r} is not a GLUE task; expected one of {sorted(GLUE_TASKS)}")
+        raise ValueError(f"task.benchmark={benchmark!r} is not a GLUE task; expected one of {sorted(GLUE_TASKS)} "
+                         f"or its facts under task.benchmark_facts.{benchmark}")  # fmt: skip
     return GLUE_TASKS[benchmark]
 
 
@@ -43,7 +51,7 @@ class GlueFamily(TaskFamily):
     def read_file(self, path: Path, task_cfg: Any = None):
         if path.suffix != ".tsv":
             return None
-        return read_glue_tsv(task_spec(task_cfg).name, path)
+        return read_glue_tsv(task_spec(task_cfg), path)
 
     def row_formats(self):
         return {"glue": self._format}
@@ -51,7 +59,7 @@ class GlueFamily(TaskFamily):
     def _format(self, row: dict, split: str, task_cfg: Any) -> Example:
         if "text_a" not in row:  # a nyu-mll/glue Hub row (task.source=hub)
             self._hub_rows = getattr(self, "_hub_rows", 0) + 1
-            row = read_hub_row(task_spec(task_cfg).name, row, self._hub_rows)
+            row = read_hub_row(task_spec(task_cfg), row, self._hub_rows)
         return Example(row["text_a"], row.get("text_b") or "", row["label"], meta={"split": split, "idx": row.get("idx")})
 
     def instruction_and_output(self, row: dict, task_cfg: Any) -> tuple[str, str]:
@@ -130,9 +138,7 @@ class GlueFamily(TaskFamily):
                 if not spec.is_regression:
                     record["correct"] = predicted == example.reference
                 records.append(record)
-        if spec.name == "mnli":
-            metrics = compute_mnli_metrics(*scored["dev_matched"], *scored["dev_mismatched"])
-        else:
-            metrics = compute_glue_metrics(spec.name, *scored[spec.dev_splits[0]])
+        metrics = compute_dev_metrics(spec, scored)
         write_records(settings.records_path, records)
-        return {"metrics": {k: float(v) for k, v in metrics.items()}, "samples": records[:3]}
+        return {"metrics": {k: float(v) for k, v in metrics.items()}, "samples": records[:3],
+                "items": item_outcomes(records)}

@@ -32,47 +32,59 @@ class GlueTaskSpec:
     hub_splits: tuple[tuple[str, str], ...]  # (our split, nyu-mll/glue split)
     header: tuple[str, ...]  # the TSV header as GLUE writes it (() when the file has none: CoLA)
     columns: tuple[str, ...]  # header names of text_a, text_b (or ""), label
+    headerless: tuple[str, ...] = ()  # the columns of a file without a header row; (): the header's
+    label_last: bool = False  # a headerless file's label is its last column (MNLI: a varying number of label1..N)
 
     @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
 
 
-def _spec(name, fields, labels, metrics, header, columns, dev=("dev",)) -> GlueTaskSpec:
+def glue_spec(name: str, text_fields, label_names, metrics, header, columns, dev_splits=("dev",), headerless=(),
+              label_last: bool = False) -> GlueTaskSpec:  # fmt: skip
+    """A task's row from its facts (lists as in a task YAML's ``benchmark_facts``); ``label_names`` empty: regression.
+    The Hub splits follow from the dev splits (``dev_matched`` -> ``validation_matched``)."""
+    dev = tuple(dev_splits)
     hub = tuple((split, "validation" + split.removeprefix("dev")) for split in dev)
-    num_labels = len(labels) if labels else 1
-    return GlueTaskSpec(name, fields, num_labels, labels, metrics, dev, (("train", "train"), *hub), header, columns)
+    labels = tuple(label_names)
+    return GlueTaskSpec(name, tuple(text_fields), len(labels) if labels else 1, labels, tuple(metrics), dev,
+                        (("train", "train"), *hub), tuple(header), tuple(columns), tuple(headerless), label_last)  # fmt: skip
 
 
 _MNLI_HEADER = ("index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
                 "sentence1_parse", "sentence2_parse", "sentence1", "sentence2")  # then label1 .. and gold_label  # fmt: skip
+_COLA_COLUMNS = ("source", "label", "original_judgement", "sentence")  # CoLA's files never have a header row
 GLUE_TASKS: dict[str, GlueTaskSpec] = {
     spec.name: spec
     for spec in (
-        _spec("mnli", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), ("accuracy",),
-              _MNLI_HEADER, ("sentence1", "sentence2", "gold_label"), dev=("dev_matched", "dev_mismatched")),
-        _spec("sst2", ("sentence",), ("0", "1"), ("accuracy",), ("sentence", "label"), ("sentence", "", "label")),
-        _spec("cola", ("sentence",), ("0", "1"), ("mcc", "accuracy"), (), ("sentence", "", "label")),
-        _spec("qnli", ("question", "sentence"), ("entailment", "not_entailment"), ("accuracy",),
-              ("index", "question", "sentence", "label"), ("question", "sentence", "label")),
-        _spec("mrpc", ("sentence1", "sentence2"), ("0", "1"), ("accuracy", "f1"),
-              ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"), ("#1 String", "#2 String", "Quality")),
-        _spec("rte", ("sentence1", "sentence2"), ("entailment", "not_entailment"), ("accuracy",),
-              ("index", "sentence1", "sentence2", "label"), ("sentence1", "sentence2", "label")),
-        _spec("stsb", ("sentence1", "sentence2"), (), ("pearson", "spearman"),
-              ("index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
-               "score"), ("sentence1", "sentence2", "score")),
-        _spec("qqp", ("question1", "question2"), ("0", "1"), ("accuracy", "f1"),
-              ("id", "qid1", "qid2", "question1", "question2", "is_duplicate"), ("question1", "question2", "is_duplicate")),
+        glue_spec("mnli", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), ("accuracy",),
+                  _MNLI_HEADER, ("sentence1", "sentence2", "gold_label"), dev_splits=("dev_matched", "dev_mismatched"),
+                  label_last=True),
+        glue_spec("sst2", ("sentence",), ("0", "1"), ("accuracy",), ("sentence", "label"), ("sentence", "", "label")),
+        glue_spec("cola", ("sentence",), ("0", "1"), ("mcc", "accuracy"), (), ("sentence", "", "label"),
+                  headerless=_COLA_COLUMNS),
+        glue_spec("qnli", ("question", "sentence"), ("entailment", "not_entailment"), ("accuracy",),
+                  ("index", "question", "sentence", "label"), ("question", "sentence", "label")),
+        glue_spec("mrpc", ("sentence1", "sentence2"), ("0", "1"), ("accuracy", "f1"),
+                  ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"), ("#1 String", "#2 String", "Quality")),
+        glue_spec("rte", ("sentence1", "sentence2"), ("entailment", "not_entailment"), ("accuracy",),
+                  ("index", "sentence1", "sentence2", "label"), ("sentence1", "sentence2", "label")),
+        glue_spec("stsb", ("sentence1", "sentence2"), (), ("pearson", "spearman"),
+                  ("index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+                   "score"), ("sentence1", "sentence2", "score")),
+        glue_spec("qqp", ("question1", "question2"), ("0", "1"), ("accuracy", "f1"),
+                  ("id", "qid1", "qid2", "question1", "question2", "is_duplicate"), ("question1", "question2", "is_duplicate")),
     )
 }  # fmt: skip
-_COLA_COLUMNS = ("source", "label", "original_judgement", "sentence")  # CoLA's headerless layout
 
 
-def _task(name: str) -> GlueTaskSpec:
-    if name not in GLUE_TASKS:
-        raise ValueError(f"unknown GLUE task {name!r}; expected one of {sorted(GLUE_TASKS)}")
-    return GLUE_TASKS[name]
+def task_row(task: str | GlueTaskSpec) -> GlueTaskSpec:
+    """``task``'s row of ``GLUE_TASKS`` (a row given is returned as is: a task YAML's own ``benchmark_facts``)."""
+    if isinstance(task, GlueTaskSpec):
+        return task
+    if task not in GLUE_TASKS:
+        raise ValueError(f"unknown GLUE task {task!r}; expected one of {sorted(GLUE_TASKS)}")
+    return GLUE_TASKS[task]
 
 
 def _label(spec: GlueTaskSpec, value: str, where: str) -> int | float:
@@ -102,21 +114,22 @@ def _lines(path: Path) -> list[str]:
 
 def _layout(spec: GlueTaskSpec, first: list[str]) -> tuple[dict[str, int], bool]:
     """Column positions, and whether the first line is the header."""
-    if spec.name == "cola":
-        return {name: k for k, name in enumerate(_COLA_COLUMNS)}, False
+    if not spec.header:  # a task whose files never have one (CoLA)
+        return {name: k for k, name in enumerate(spec.headerless)}, False
     is_header = tuple(first[: len(spec.header)]) == spec.header
     if is_header:
         return {name: k for k, name in enumerate(first)}, True
-    if spec.name == "mnli":  # headerless MNLI: the gold label is the last column
-        return {**{name: k for k, name in enumerate(spec.header)}, "gold_label": -1}, False
-    return {name: k for k, name in enumerate(spec.header)}, False
+    layout = {name: k for k, name in enumerate(spec.headerless or spec.header)}
+    if spec.label_last:
+        layout[spec.columns[2]] = -1
+    return layout, False
 
 
-def read_glue_tsv(task: str, path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+def read_glue_tsv(task: str | GlueTaskSpec, path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows of a GLUE TSV file and, in parallel, their locations (``"file <path> line <n>"``)."""
-    spec, path = _task(task), Path(path)
+    spec, path = task_row(task), Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"GLUE {task} file {path} does not exist")
+        raise FileNotFoundError(f"GLUE {spec.name} file {path} does not exist")
     lines = _lines(path)
     while lines and not lines[-1].strip():
         lines.pop()
@@ -145,13 +158,13 @@ def read_glue_tsv(task: str, path: str | Path) -> tuple[list[dict[str, Any]], li
     return rows, locations
 
 
-def read_hub_row(task: str, row: dict[str, Any], position: int) -> dict[str, Any]:
+def read_hub_row(task: str | GlueTaskSpec, row: dict[str, Any], position: int) -> dict[str, Any]:
     """One ``nyu-mll/glue`` row -> a row as :func:`read_glue_tsv` gives it."""
-    spec = _task(task)
-    where = f"hub nyu-mll/glue/{task} row {position}"
+    spec = task_row(task)
+    where = f"hub nyu-mll/glue/{spec.name} row {position}"
     missing = [field for field in (*spec.text_fields, "label") if field not in row]
     if missing:
-        raise GlueDataError(f"{where}: missing fields {missing}; a {task} row has {list(spec.text_fields) + ['label']}")
+        raise GlueDataError(f"{where}: missing fields {missing}; a {spec.name} row has {list(spec.text_fields) + ['label']}")
     label = row["label"]
     if label is None or (not spec.is_regression and int(label) == -1):
         raise GlueDataError(f"{where}: label {label!r} is hidden (GLUE's test split): score on the validation split")

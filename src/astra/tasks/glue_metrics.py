@@ -16,7 +16,7 @@ import torch
 from torchmetrics.functional import matthews_corrcoef, pearson_corrcoef, spearman_corrcoef
 from torchmetrics.functional.classification import binary_f1_score
 
-from astra.tasks.glue_data import GLUE_TASKS
+from astra.tasks.glue_data import GlueTaskSpec, task_row
 
 
 def _tensor(values: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -29,11 +29,11 @@ def _correlation(function, predictions: torch.Tensor, references: torch.Tensor) 
     return float(function(predictions, references))
 
 
-def compute_glue_metrics(task: str, predictions: Any, references: Any) -> dict[str, float]:
+def compute_glue_metrics(task: str | GlueTaskSpec, predictions: Any, references: Any) -> dict[str, float]:
     """The task's metrics (see ``GLUE_TASKS[task].metrics``) plus ``n_eval``."""
-    spec = GLUE_TASKS[task]
+    spec = task_row(task)
     if len(predictions) != len(references) or not len(references):
-        raise ValueError(f"{task}: {len(predictions)} predictions for {len(references)} references")
+        raise ValueError(f"{spec.name}: {len(predictions)} predictions for {len(references)} references")
     if spec.is_regression:
         preds, refs = _tensor(predictions, torch.float64), _tensor(references, torch.float64)
         return {"pearson": _correlation(pearson_corrcoef, preds, refs),
@@ -50,11 +50,18 @@ def compute_glue_metrics(task: str, predictions: Any, references: Any) -> dict[s
 
 def compute_mnli_metrics(matched_predictions: Any, matched_references: Any, mismatched_predictions: Any,
                          mismatched_references: Any) -> dict[str, float]:  # fmt: skip
-    matched = compute_glue_metrics("mnli", matched_predictions, matched_references)
-    mismatched = compute_glue_metrics("mnli", mismatched_predictions, mismatched_references)
-    return {
-        "accuracy_matched": matched["accuracy"],
-        "accuracy_mismatched": mismatched["accuracy"],
-        "accuracy": (matched["accuracy"] + mismatched["accuracy"]) / 2,
-        "n_eval": matched["n_eval"] + mismatched["n_eval"],
-    }
+    return compute_dev_metrics("mnli", {"dev_matched": (matched_predictions, matched_references),
+                                        "dev_mismatched": (mismatched_predictions, mismatched_references)})  # fmt: skip
+
+
+def compute_dev_metrics(task: str | GlueTaskSpec, scored: dict[str, tuple[Any, Any]]) -> dict[str, float]:
+    """Metrics over the task's dev splits (``scored[split] = (predictions, references)``). One split: its metrics.
+    Several (MNLI matched and mismatched): ``accuracy_<split without dev_>`` each and, as ``accuracy``, their mean
+    (the single number tables use)."""
+    spec = task_row(task)
+    if len(spec.dev_splits) == 1:
+        return compute_glue_metrics(spec, *scored[spec.dev_splits[0]])
+    each = {split: compute_glue_metrics(spec, *scored[split]) for split in spec.dev_splits}
+    metrics = {f"accuracy_{split.removeprefix('dev_')}": each[split]["accuracy"] for split in spec.dev_splits}
+    return {**metrics, "accuracy": sum(metrics.values()) / len(metrics),
+            "n_eval": sum(m["n_eval"] for m in each.values())}  # fmt: skip

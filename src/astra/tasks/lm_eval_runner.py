@@ -1,14 +1,15 @@
 """Score multiple-choice items with lm-eval's zero-shot log-likelihood protocol on an in-memory model.
 
-``score_multiple_choice(model, tokenizer, task_name, items, work_dir)`` writes the items (see
-``commonsense_data``) as JSONL into ``work_dir``, points the repo's ``lm_eval_tasks/astra_<task>.yaml`` at that
-file, wraps the given model object (a ``PreTrainedModel`` or a ``PeftModel``, left on its device) and tokenizer in
-lm-eval's ``HFLM`` and runs lm-eval's evaluator in process. Offline and cheap to call repeatedly:
+``score_multiple_choice(model, tokenizer, benchmark, items, work_dir)`` writes the items (see
+``commonsense_data``) as JSONL into ``work_dir``, builds lm-eval's task config for the benchmark from its row in
+``commonsense_benchmarks`` (``lm_eval_config``: no task YAML restates the table) pointed at that file, wraps the
+given model object (a ``PreTrainedModel`` or a ``PeftModel``, left on its device) and tokenizer in lm-eval's
+``HFLM`` and runs lm-eval's evaluator in process. Offline and cheap to call repeatedly:
 
-- ``TaskManager(include_path=<lm_eval_tasks>, include_defaults=False)`` indexes only our 9 files (ms; the
-  defaults would index ~14,700 tasks, ~23 s); the task is then built from its YAML (``include:`` resolved) plus
-  ``dataset_kwargs`` naming the JSONL and a datasets cache inside ``work_dir`` (never the home folder). The
-  ``json`` builder of ``datasets`` reads local files and makes no network call.
+- ``TaskManager(include_defaults=False)`` indexes nothing (the defaults would index ~14,700 tasks, ~23 s); the
+  task is built from the config dict plus ``dataset_kwargs`` naming the JSONL and a datasets cache inside
+  ``work_dir`` (never the home folder). The ``json`` builder of ``datasets`` reads local files and makes no
+  network call. For the lm_eval CLI, dump ``lm_eval_config`` (with ``dataset_kwargs``) to a YAML.
 - The JSONL is named by a hash of its content: a re-used name always holds the same items, so the Arrow cache of
   an earlier call is reused safely (the same test set scored at every checkpoint is converted once).
 - ``lm_eval.evaluator.evaluate`` is called directly, with ``bootstrap_iters=0`` and ``log_samples=True``.
@@ -32,7 +33,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-TASK_DIR = Path(__file__).parent / "lm_eval_tasks"
+from astra.tasks.commonsense_benchmarks import CommonsenseBenchmark, benchmark, lm_eval_config
+
 TASK_PREFIX = "astra_"
 
 log = logging.getLogger(__name__)
@@ -63,11 +65,12 @@ def hflm_session(model: Any, tokenizer: Any, **hflm_kwargs: Any):
 
 
 def lm_eval_task_name(task_name: str) -> str:
-    """``piqa`` or ``astra_piqa`` -> ``astra_piqa`` (the name in ``lm_eval_tasks/``)."""
+    """``piqa`` or ``astra_piqa`` -> ``astra_piqa`` (the lm-eval task's name)."""
     return task_name if task_name.startswith(TASK_PREFIX) else TASK_PREFIX + task_name
 
 
-def _check_items(items: list[dict[str, Any]], task: str) -> None:
+def check_items(items: list[dict[str, Any]], task: str, partial: bool = False) -> None:
+    """Items lm-eval can score; ``partial``: WinoGrande's form, which needs the ``continuation`` after the blank."""
     if not items:
         raise ValueError(f"{task}: no items to score")
     for position, item in enumerate(items, 1):
@@ -79,7 +82,7 @@ def _check_items(items: list[dict[str, Any]], task: str) -> None:
             raise ValueError(f"{where}: 'choices' must be a list of at least 2 strings, got {choices!r:.200}")
         if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
             raise ValueError(f"{where}: gold {gold!r} is not an index into its {len(choices)} choices")
-        if task == "astra_winogrande" and not isinstance(item.get("continuation"), str):
+        if partial and not isinstance(item.get("continuation"), str):
             raise ValueError(f"{where}: WinoGrande items need the 'continuation' after the blank")
 
 
@@ -97,7 +100,7 @@ def write_items_jsonl(items: list[dict[str, Any]], work_dir: str | Path, task: s
 def score_multiple_choice(
     model: Any,
     tokenizer: Any,
-    task_name: str,
+    task_name: str | CommonsenseBenchmark,
     items: Iterable[dict[str, Any]],
     work_dir: str | Path,
     batch_size: int = 8,
@@ -112,22 +115,21 @@ def score_multiple_choice(
     """
     from lm_eval.evaluator import evaluate
     from lm_eval.tasks import TaskManager
-    from lm_eval.tasks._yaml_loader import load_yaml
 
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int (not 'auto': it probes for seconds), got {batch_size!r}")
-    task = lm_eval_task_name(task_name)
+    try:
+        spec = benchmark(task_name if isinstance(task_name, CommonsenseBenchmark) else task_name.removeprefix(TASK_PREFIX))
+    except ValueError as error:
+        raise ValueError(f"no lm-eval task {lm_eval_task_name(str(task_name))!r}: {error}") from None
+    task = lm_eval_task_name(spec.name)
     items = list(items)[:limit] if limit is not None else list(items)
-    _check_items(items, task)
-    task_manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False)
-    entry = task_manager.task_index.get(task)
-    if entry is None or entry.yaml_path is None:
-        known = sorted(n.removeprefix(TASK_PREFIX) for n in task_manager.all_subtasks)
-        raise ValueError(f"no lm-eval task {task!r} in {TASK_DIR}; known tasks: {known}")
+    check_items(items, task, partial=spec.layout == "option")
+    task_manager = TaskManager(include_defaults=False)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     data_file = write_items_jsonl(items, work_dir, task)
-    config = load_yaml(entry.yaml_path, resolve_func=True)
+    config = lm_eval_config(spec, task)
     config["dataset_kwargs"] = {
         "data_files": {"test": str(data_file.resolve())},
         "cache_dir": str((work_dir / "hf_datasets_cache").resolve()),

@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, write_records
+from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, item_outcomes, write_records
 from astra.tasks.generation import generation_options, greedy_generate
 from astra.tasks.math_answers import (
     extract_gsm8k_answer,
@@ -130,4 +130,5 @@ class MathFamily(TaskFamily):
         samples = [{k: r[k] for k in ("prompt", "generation", "extracted", "reference", "correct")} for r in records[:3]]
         for sample in samples:
             sample["prompt"], sample["generation"] = sample["prompt"][-200:], sample["generation"][:400]
-        return {"metrics": {"accuracy": accuracy, "n_eval": float(len(records))}, "samples": samples}
+        return {"metrics": {"accuracy": accuracy, "n_eval": float(len(records))}, "samples": samples,
+                "items": item_outcomes(records)}
