@@ -23,8 +23,11 @@ What runs where (``isolation`` on every result says which level was reached; mea
   holds: it can signal the trainer, reach the network, write what its uid may write, and a ``setsid`` child
   escapes the group kill. Reports carry ``isolation: none`` so this is never mistaken for a sandbox.
 
-Not contained at any level: reading world-readable files (the repository, datasets); CPU time of other cores
-within the time limit; kernel exploits. For untrusted code at scale, use a container or a VM per worker.
+Not contained at any level: reading world-readable files (the repository, datasets); connecting to unix socket
+files outside the hidden directories that "other" may write; CPU time of other cores within the time limit; tmpfs
+pages (up to ``tmp_mb`` + 16 MiB, memory outside ``RLIMIT_AS``); kernel exploits; a verdict forged by code that
+emulates the runner (see :data:`_RUNNER`). The non-root and bwrap paths are not exercised on the development
+machine. For untrusted code at scale, use a container or a VM per worker.
 
 The verdict ("passed" = the program ran to its last line without an exception or an exit) does not depend on
 anything the program prints or can read from a file; see :data:`_RUNNER` for the design and its limit.
