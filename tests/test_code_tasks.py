@@ -225,7 +225,7 @@ def test_humaneval_canonical_passes_and_wrong_fails(monkeypatch, tmp_path, opted
     assert [r["task_id"] for r in written] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
     assert all(r["status"] == "passed" and r["correct"] and r["detail"] == "" for r in written)
     assert written[0]["generation"] == right[0] and "print(1)" not in written[0]["completion"]
-    assert {r["isolation"] for r in written} <= {"bwrap", "unshare-net", "none"}
+    assert {r["isolation"] for r in written} <= {"bwrap", "unshare-pid-net", "none"}
     assert result["metrics"]["isolated"] == float(all(r["isolation"] != "none" for r in written))
 
     patch_generation(monkeypatch, ["    return None\n", "    return []\n", "    raise ValueError\n"])

@@ -25,11 +25,11 @@ MBPP+ protocol use ``task.format=mbpp_plus`` with ``task.data.test=MbppPlus.json
 in the prompt; as EvalPlus scores, base = its base inputs and plus = base + plus inputs against its canonical
 solution; no plus_file needed).
 
-Metrics: ``pass@1``, ``n_eval``, ``isolated`` (1.0 when every program ran network-isolated: bubblewrap or a
-network namespace; 0.0 when any ran with ``isolation: none``), and with plus tests ``pass@1_plus`` and
-``n_plus``. Every record (``settings.records_path``) holds the generation, the completion run, the status
-("passed", "failed", "timeout", "memory", "error"), its detail (the traceback tail), seconds and the
-isolation achieved.
+Metrics: ``pass@1``, ``n_eval``, ``isolated`` (1.0 when every program ran namespace-isolated: ``bwrap`` or
+``unshare-pid-net``, see :mod:`astra.tasks.code_execution`; 0.0 when any ran with ``isolation: none``), and
+with plus tests ``pass@1_plus`` and ``n_plus``. Every record (``settings.records_path``) holds the generation,
+the completion run, the status ("passed", "failed", "timeout", "memory", "error"), its detail (the traceback
+tail), seconds and the isolation achieved.
 """
 
 from __future__ import annotations

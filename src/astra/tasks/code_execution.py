@@ -1,18 +1,46 @@
 """Running model-written code for HumanEval / MBPP pass@1, only on explicit opt-in and never in-process.
 
-Every sample runs in its own short-lived subprocess (fresh interpreter, throwaway working directory,
-rlimits on memory / CPU / file size, killed as a process group on timeout). Network is cut with an OS
-namespace where one works here (bubblewrap, else ``unshare -rn``); the isolation actually achieved is
-recorded on every result so reports can say "isolation: none" instead of implying a sandbox.
+What runs where (``isolation`` on every result says which level was reached; measured by
+``tests/test_code_isolation.py``, see ``docs/code-execution.md``):
+
+- ``"unshare-pid-net"`` (``unshare --pid --fork --kill-child --net --mount --mount-proc``, plus ``--user
+  --map-root-user`` when not root). A trusted supervisor (:data:`_SUPERVISOR`, our code) is PID 1 of a new PID
+  namespace; it forks the program's process, which runs as an unprivileged uid (root: a fresh random host uid per
+  sample, ``setuid`` + ``no_new_privs``; not root: uid 1000 of a nested user namespace, i.e. no capabilities).
+  Contained: the program cannot see or signal the trainer (``getppid()`` is the supervisor, other PIDs do not
+  exist for it, a new ``/proc``); it has no network (empty network namespace, abstract unix sockets included);
+  ``/`` is read-only and ``nosuid`` for it (recursive ``mount_setattr``, Linux >= 5.12), ``/tmp`` and
+  ``/dev/shm`` are small private tmpfs (its working directory lives there), ``/run`` and ``/var/tmp`` are empty,
+  a home directory that hides the interpreter (``/root``) is replaced by the interpreter alone; its processes
+  are capped by ``RLIMIT_NPROC`` (enforced because the uid is not root and is its own); when the supervisor
+  exits or is killed (normal end, or the wall-clock limit, which kills the launcher whose child is PID 1 via
+  ``--kill-child``) the kernel kills every process of the namespace, ``setsid`` grandchildren included.
+- ``"bwrap"`` (bubblewrap, preferred when not root): read-only ``/``, private ``/tmp``, ``--unshare-all``
+  (PID, network, ...), ``--die-with-parent``; the program runs under the same supervisor without a uid change
+  (the supervisor makes itself non-dumpable so the program cannot reach its file descriptors). Not exercised on
+  the development machine (bwrap is not installed there).
+- ``"none"``: a plain subprocess in its own session with the same supervisor and rlimits. Nothing of the above
+  holds: it can signal the trainer, reach the network, write what its uid may write, and a ``setsid`` child
+  escapes the group kill. Reports carry ``isolation: none`` so this is never mistaken for a sandbox.
+
+Not contained at any level: reading world-readable files (the repository, datasets); connecting to unix socket
+files outside the hidden directories that "other" may write; CPU time of other cores within the time limit; tmpfs
+pages (up to ``tmp_mb`` + 16 MiB, memory outside ``RLIMIT_AS``); kernel exploits; a verdict forged by code that
+emulates the runner (see :data:`_RUNNER`). The non-root and bwrap paths are not exercised on the development
+machine. For untrusted code at scale, use a container or a VM per worker.
+
+The verdict ("passed" = the program ran to its last line without an exception or an exit) does not depend on
+anything the program prints or can read from a file; see :data:`_RUNNER` for the design and its limit.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
-import resource
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -36,6 +64,8 @@ class ExecutionPolicy:
     timeout_s: float = 10
     memory_mb: int = 1024
     env_var: str = "ASTRA_ALLOW_CODE_EXECUTION"
+    max_processes: int = 32  # RLIMIT_NPROC of the program's own uid (threads count too); see the module docstring
+    tmp_mb: int = 64  # size of the private /tmp tmpfs holding the working directory (namespace isolation only)
 
 
 @dataclass(frozen=True)
@@ -43,7 +73,7 @@ class ExecutionResult:
     status: Status
     detail: str
     seconds: float
-    isolation: str = "none"  # "bwrap" (no network, read-only /), "unshare-net" (no network) or "none"
+    isolation: str = "none"  # "unshare-pid-net", "bwrap" or "none" (see the module docstring)
 
     @property
     def passed(self) -> bool:
@@ -102,21 +132,179 @@ del _astra_guard
 """
 
 
-def _limits(policy: ExecutionPolicy) -> Callable[[], None]:
-    """Runs in the child between fork and exec, so the limits cover the wrapper and the program. (preexec_fn is
-    documented as deadlock-prone with threads; this one only makes setrlimit calls, no imports or locks.)"""
-    memory = policy.memory_mb * 1024**2
-    cpu = math.ceil(policy.timeout_s) + 1  # backstop if the wall-clock kill below ever fails
+# The verdict. The harness believes only a JSON report written by the supervisor on a pipe whose write end exists
+# only in the supervisor (and in the launcher, outside the namespace): the program's process closes it before the
+# interpreter starts, and reopening it through /proc/<supervisor>/fd needs ptrace rights over the supervisor,
+# which the program lacks (another uid, or the same uid without capabilities while the supervisor is
+# non-dumpable). Output, files and exit codes of the program are therefore never the verdict. The supervisor
+# reports "done" only if, after the program's process ended with status 0, its "done" pipe holds a 16-byte token
+# that the supervisor drew after the program's source was written and put in a second pipe before forking: the
+# runner below copies it from that pipe to the "done" pipe after ``exec`` of the program returned normally. The
+# token is in no file, argument, environment variable or object of the interpreter while the program runs, so a
+# program that prints anything, reads every file it can, or exits early (``sys.exit(0)``, ``os._exit(0)``, a
+# signal, killing its parent) cannot produce a pass. The limit, stated plainly: the runner and the program share
+# one process (the tests must call the program's functions), so a program written against this harness that
+# itself reads the token pipe and writes the "done" pipe (fd numbers from ``sys.argv`` or /proc/self/fd) forges
+# a pass. No in-process scheme can prevent that; it would take running the tests in another process than the
+# candidate code.
+_RUNNER = r"""
+import os, sys, types
+def _run(path, token_fd, done_fd):
+    module = types.ModuleType("__main__")
+    module.__file__ = path
+    module.__builtins__ = __builtins__
+    sys.modules["__main__"] = module
+    sys.argv = [path]
+    with open(path, encoding="utf-8") as handle:
+        code = compile(handle.read(), path, "exec")
+    exec(code, module.__dict__)
+    os.write(done_fd, os.read(token_fd, 64))  # reached only when the program's last line ran
+_run(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+"""
 
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))  # big allocations raise MemoryError
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL
-        resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT_BYTES, OUTPUT_LIMIT_BYTES))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        # No RLIMIT_NPROC: it counts every process of the user (the trainer's workers included) and root
-        # ignores it; fork is refused by the guard and the whole process group is killed on timeout instead.
+# PID 1 of the namespace (or a plain parent without isolation): trusted code that never runs the program itself.
+# It builds the filesystem view (namespace mode), forks the program's process, drops its privileges, waits for it
+# and writes the report; when it exits, the kernel kills whatever the program left in the namespace.
+_SUPERVISOR = r"""
+import ctypes, json, os, resource, secrets, signal, stat, sys
 
-    return apply
+config = json.loads(sys.argv[1])
+report_fd = config["report_fd"]
+libc = ctypes.CDLL(None, use_errno=True)
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 4096, 16384, 1 << 18
+
+
+def report(**message):
+    os.write(report_fd, json.dumps(message).encode())
+
+
+def check(result, what):
+    if result != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, what + ": " + os.strerror(error))
+
+
+def mount(source, target, fstype, flags, data=None):
+    encode = lambda text: None if text is None else text.encode()
+    check(libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data)),
+          "mount " + target)
+
+
+class MountAttr(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in ("attr_set", "attr_clr", "propagation", "userns_fd")]
+
+
+def read_only(path):
+    # mount_setattr(AT_FDCWD, path, AT_RECURSIVE, {MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID}): syscall 442 on every
+    # architecture, Linux >= 5.12. Recursive, so no submount (/work, /dev, ...) stays writable.
+    attr = MountAttr(1 | 2, 0, 0, 0)
+    check(libc.syscall(442, -100, path.encode(), 0x8000, ctypes.byref(attr), ctypes.sizeof(attr)),
+          "mount_setattr " + path)
+
+
+def sandbox_filesystem(program):
+    with open(program, "rb") as handle:
+        source = handle.read()
+    os.umask(0o022)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    prefix = os.path.realpath(config["prefix"])
+    parts = prefix.split(os.sep)
+    # The first ancestor of the interpreter that other uids cannot traverse (e.g. /root) becomes an empty tmpfs
+    # holding only the interpreter: the program can run Python but sees nothing else of that home directory.
+    hidden = next((os.sep.join(parts[:i]) for i in range(2, len(parts) + 1)
+                   if not os.stat(os.sep.join(parts[:i])).st_mode & stat.S_IXOTH), None)
+    keep = os.open(prefix, os.O_PATH) if hidden else None
+    read_only("/")
+    if hidden:
+        mount("tmpfs", hidden, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+        os.makedirs(prefix, 0o755)
+        mount("/proc/self/fd/%d" % keep, prefix, None, MS_BIND | MS_REC)
+        os.close(keep)
+        read_only(hidden)
+    for target, options, writable in (("/tmp", "size=%dm,mode=1777" % config["tmp_mb"], True),
+                                      ("/dev/shm", "size=16m,mode=1777", True),
+                                      ("/var/tmp", "size=1m,mode=755", False), ("/run", "size=1m,mode=755", False)):
+        if os.path.isdir(target) and not os.path.islink(target):
+            mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
+            if not writable:
+                read_only(target)
+    workdir = "/tmp/" + os.path.basename(os.path.dirname(program))
+    os.mkdir(workdir, 0o700)
+    with open(os.path.join(workdir, "program.py"), "wb") as handle:
+        handle.write(source)
+    return workdir
+
+
+def start_program(workdir, token_r, done_w):
+    os.chdir(workdir)
+    for limit, value in config["limits"].items():
+        resource.setrlimit(getattr(resource, limit), (value, value))
+    uid = config["uid"]
+    if uid is not None:  # root: a fresh uid of its own, so RLIMIT_NPROC counts only this program's processes
+        os.chown(workdir, uid, uid)
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)  # all uids non-zero: every capability is dropped
+    check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")  # no setuid binary gives privileges back
+    low = 3
+    for fd in sorted((token_r, done_w)):
+        os.closerange(low, fd)
+        os.set_inheritable(fd, True)
+        low = fd + 1
+    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    env = dict(config["env"], HOME=workdir, TMPDIR=workdir)
+    argv = [*config["child_prefix"], config["python"], "-I", "-S", "-B", "-c", config["runner"], "program.py",
+            str(token_r), str(done_w)]
+    os.execve(argv[0], argv, env)
+
+
+def main():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    check(libc.prctl(4, 0, 0, 0, 0), "PR_SET_DUMPABLE")  # /proc/1/fd and ptrace need CAP_SYS_PTRACE now
+    program = config["program"]
+    workdir = sandbox_filesystem(program) if config["mounts"] else os.path.dirname(program)
+    token = secrets.token_bytes(16)
+    token_r, token_w = os.pipe()
+    os.write(token_w, token)
+    os.close(token_w)
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(done_r)
+            os.close(report_fd)
+            start_program(workdir, token_r, done_w)
+        except BaseException as error:
+            os.write(2, ("astra sandbox: could not start the program: %r\n" % error).encode())
+        os._exit(126)
+    os.close(token_r)
+    os.close(done_w)
+    status = os.waitpid(pid, 0)[1]
+    os.set_blocking(done_r, False)
+    try:
+        received = os.read(done_r, 64)
+    except BlockingIOError:
+        received = b""
+    report(code=os.waitstatus_to_exitcode(status), done=secrets.compare_digest(received, token))
+
+
+try:
+    main()
+except Exception as error:
+    report(error="sandbox setup failed: %r" % error)
+"""
+
+
+@dataclass(frozen=True)
+class Launcher:
+    name: str  # recorded as ExecutionResult.isolation
+    prefix: Callable[[str], list[str]]  # the command that wraps the supervisor, given the working directory
+    mounts: bool = False  # the supervisor builds the read-only filesystem view (needs its own mount namespace)
+    own_uid: bool = False  # the program's process gets a fresh unprivileged uid (we are root)
+    child_prefix: tuple[str, ...] = ()  # wraps the program's interpreter (a nested user namespace when not root)
+
+
+NO_ISOLATION = Launcher("none", lambda workdir: [])
 
 
 def _env(workdir: str) -> dict[str, str]:
@@ -124,31 +312,24 @@ def _env(workdir: str) -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 
 
-def _wrappers() -> list[tuple[str, Callable[[str], list[str]]]]:
-    """Network-isolating launchers, strongest first (absolute paths: the child's PATH is minimal)."""
+def _launchers() -> list[Launcher]:
+    """Isolating launchers, strongest here first (absolute paths: the child's PATH is minimal). As root, unshare
+    wins: the program then also gets a uid of its own (bwrap would leave it root without capabilities)."""
+    root = os.geteuid() == 0
     found = []
-    if bwrap := shutil.which("bwrap"):
-        found.append(("bwrap", lambda d: [bwrap, "--unshare-all", "--die-with-parent", "--new-session",
-                                          "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                                          "--tmpfs", "/tmp", "--bind", d, d, "--chdir", d]))  # fmt: skip
     if unshare := shutil.which("unshare"):
-        found.append(("unshare-net", lambda d: [unshare, "-rn"]))  # user + network namespace: no interfaces up
+        command = [unshare, *([] if root else ["--user", "--map-root-user"]), "--pid", "--fork", "--kill-child",
+                   "--net", "--mount", "--mount-proc", "--propagation", "private", "--"]  # fmt: skip
+        # Not root: the program runs as uid 1000 of a nested user namespace, so it holds no capability over the
+        # supervisor's namespaces (it cannot undo the read-only mounts or ptrace PID 1).
+        nested = () if root else (unshare, "--user", "--map-user=1000", "--map-group=1000", "--")
+        found.append(Launcher("unshare-pid-net", lambda d: command, mounts=True, own_uid=root, child_prefix=nested))
+    if bwrap := shutil.which("bwrap"):
+        launcher = Launcher("bwrap", lambda d: [bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+                                                "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                                                "--tmpfs", "/tmp", "--bind", d, d, "--chdir", d, "--"])  # fmt: skip
+        found.insert(len(found) if root else 0, launcher)
     return found
-
-
-@functools.cache
-def isolation() -> tuple[str, Callable[[str], list[str]]]:
-    """Probe once per process which launcher really works: both are often blocked inside containers."""
-    for name, prefix in _wrappers():
-        with tempfile.TemporaryDirectory(prefix="astra-probe-") as workdir:
-            try:
-                probe = subprocess.run([*prefix(workdir), sys.executable, "-I", "-S", "-c", "pass"], cwd=workdir,
-                                       env=_env(workdir), stdin=subprocess.DEVNULL, capture_output=True, timeout=30)  # fmt: skip
-            except (OSError, subprocess.SubprocessError):
-                continue
-            if probe.returncode == 0:
-                return name, prefix
-    return "none", lambda d: []
 
 
 def _tail(handle, limit: int = DETAIL_CHARS) -> str:
@@ -157,55 +338,107 @@ def _tail(handle, limit: int = DETAIL_CHARS) -> str:
     return handle.read().decode("utf-8", errors="replace")
 
 
-def run_program(source: str, policy: ExecutionPolicy) -> ExecutionResult:
-    """Run ``source`` as a script in a throwaway directory; "passed" means it ran to its last line."""
-    check_opt_in(policy)  # before anything is written or spawned
-    name, prefix = isolation()
-    # A random marker printed after the program's last line: an early sys.exit(0) / os._exit(0) in generated
-    # code must not count as a pass (it defends against accidents, not against code that reads its own file).
-    marker = f"ASTRA-DONE-{secrets.token_hex(8)}"
-    program = f"{_GUARD}\n{source}\n\n__import__('sys').stdout.write('\\n{marker}\\n')\n"
+def _read_report(fd: int) -> dict | None:
+    chunks = []
+    while select.select([fd], [], [], 5)[0]:  # every writer is dead by now; the bound is only a backstop
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        return None
+
+
+def _execute(launcher: Launcher, workdir: str, policy: ExecutionPolicy) -> ExecutionResult:
+    """Run ``workdir/program.py`` under ``launcher`` and the supervisor; classify the outcome."""
+    memory = policy.memory_mb * 1024**2
+    cpu = math.ceil(policy.timeout_s) + 1  # backstop if the wall-clock kill below ever fails
+    limits = {"RLIMIT_AS": memory, "RLIMIT_CPU": cpu, "RLIMIT_FSIZE": OUTPUT_LIMIT_BYTES, "RLIMIT_CORE": 0,
+              "RLIMIT_NPROC": policy.max_processes}  # fmt: skip
+    report_r, report_w = os.pipe()
+    config = {"report_fd": report_w, "program": os.path.join(workdir, "program.py"), "mounts": launcher.mounts,
+              "prefix": sys.base_prefix, "python": os.path.realpath(sys.executable), "runner": _RUNNER,
+              "child_prefix": list(launcher.child_prefix), "limits": limits, "tmp_mb": policy.tmp_mb,
+              "uid": 1_000_000_000 + secrets.randbelow(1_000_000_000) if launcher.own_uid else None,
+              "env": _env(workdir)}  # fmt: skip
+    command = [*launcher.prefix(workdir), config["python"], "-I", "-S", "-B", "-c", _SUPERVISOR, json.dumps(config)]
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="astra-exec-") as workdir, \
-            tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:  # fmt: skip
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         # Capture into anonymous files, not pipes: output is bounded by RLIMIT_FSIZE, not by our memory.
-        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as handle:
-            handle.write(program)
-        # -I: ignore PYTHON* variables, user site and the script's folder; -S: no site-packages (stdlib only,
-        # nothing of the training venv); -B: no .pyc files.
-        command = [*prefix(workdir), sys.executable, "-I", "-S", "-B", "program.py"]
         try:
-            process = subprocess.Popen(command, cwd=workdir, env=_env(workdir), stdin=subprocess.DEVNULL,
-                                       stdout=out, stderr=err, preexec_fn=_limits(policy),
-                                       start_new_session=True, close_fds=True)  # fmt: skip
+            try:
+                process = subprocess.Popen(command, cwd=workdir, env=_env(workdir), stdin=subprocess.DEVNULL,
+                                           stdout=out, stderr=err, pass_fds=(report_w,),
+                                           start_new_session=True)  # fmt: skip
+            finally:
+                os.close(report_w)
         except OSError as error:
-            return ExecutionResult("error", f"could not start: {error}", time.monotonic() - start, name)
+            os.close(report_r)
+            return ExecutionResult("error", f"could not start: {error}", time.monotonic() - start, launcher.name)
         timed_out = False
         try:
             process.wait(timeout=policy.timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
-            # Whole group (its own session), also after a normal exit: no leftover children survive the sample.
+            # The launcher's whole session, also after a normal exit. With a PID namespace its child is PID 1
+            # (``--kill-child`` / ``--die-with-parent``), whose death makes the kernel kill the namespace.
             try:
                 os.killpg(process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             process.wait()
+        try:
+            report = _read_report(report_r)
+        finally:
+            os.close(report_r)
         seconds = time.monotonic() - start
         stdout, stderr = _tail(out), _tail(err)
-    code = process.returncode
-    if timed_out or code == -signal.SIGXCPU:
+    name = launcher.name
+    if timed_out:
         return ExecutionResult("timeout", f"killed after {policy.timeout_s} s", seconds, name)
+    if report is None or "error" in report:
+        reason = report["error"] if report else f"the sandbox gave no verdict (exit code {process.returncode})"
+        return ExecutionResult("error", f"{reason}: {stderr}", seconds, name)
+    code = report["code"]
+    if code == -signal.SIGXCPU:
+        return ExecutionResult("timeout", f"killed after {policy.timeout_s} s of CPU", seconds, name)
     if "MemoryError" in stderr or code == -signal.SIGSEGV:
         return ExecutionResult("memory", f"over {policy.memory_mb} MB: {stderr[-500:]}", seconds, name)
     if code == -signal.SIGXFSZ:
         return ExecutionResult("error", f"wrote more than {OUTPUT_LIMIT_BYTES} bytes", seconds, name)
     if code < 0:
         return ExecutionResult("error", f"killed by signal {-code}: {stderr}", seconds, name)
-    if code == 0 and stdout.rstrip().endswith(marker):
+    if code == 0 and report["done"] is True:
         return ExecutionResult("passed", "", seconds, name)
-    return ExecutionResult("failed", stderr or f"exit code {code} before the end of the program", seconds, name)
+    tail = stdout if not stderr and code == 0 else stderr
+    return ExecutionResult("failed", tail or f"exit code {code} before the end of the program", seconds, name)
+
+
+@functools.cache
+def isolation() -> Launcher:
+    """Probe once per process which launcher really works (containers often block namespaces or mounts): the
+    first that runs a trivial program to a verified pass."""
+    probe = ExecutionPolicy(allowed=True, timeout_s=30)
+    for launcher in _launchers():
+        with tempfile.TemporaryDirectory(prefix="astra-probe-") as workdir:
+            with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as handle:
+                handle.write("assert 1 + 1 == 2\n")
+            if _execute(launcher, workdir, probe).passed:
+                return launcher
+    return NO_ISOLATION
+
+
+def run_program(source: str, policy: ExecutionPolicy) -> ExecutionResult:
+    """Run ``source`` as a script in a throwaway directory; "passed" means it ran to its last line."""
+    check_opt_in(policy)  # before anything is written or spawned
+    launcher = isolation()
+    with tempfile.TemporaryDirectory(prefix="astra-exec-") as workdir:
+        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as handle:
+            handle.write(f"{_GUARD}\n{source}\n")
+        return _execute(launcher, workdir, policy)
 
 
 def check_humaneval(problem: dict, completion: str, policy: ExecutionPolicy) -> ExecutionResult:
