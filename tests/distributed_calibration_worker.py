@@ -17,9 +17,9 @@ def calibration_setup():
     partial): what both the 2-rank run and the single-process reference use."""
     from peft import LoraConfig, get_peft_model
 
+    from astra.data.batches import collate
     from astra.data.datamodule import TokenizedExamples
     from astra.models.build import tiny_llama
-    from astra.tasks.batches import collate
 
     torch.manual_seed(0)
     model = get_peft_model(tiny_llama(vocab_size=256, seed=0), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))

@@ -23,7 +23,7 @@ def test_main_command_prints_no_warning_and_ends_with_the_summary(tmp_path):
     assert done.returncode == 0, output[-3000:]
     warnings = [line for line in output.splitlines() if re.search(r"warn", line, re.IGNORECASE)]
     assert not warnings, "warning lines in the main command's output:\n" + "\n".join(warnings)
-    block = output[output.index("── run summary"):].splitlines()
+    block = done.stdout[done.stdout.index("── run summary"):].splitlines()  # the last thing on stdout
     labels = [line.split()[0] for line in block[1:]]
     assert labels == ["status", "method", "accuracy", "forgetting", "wall", "result"], block
     assert block[1].split() == ["status", "ok"]

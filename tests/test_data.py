@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
+from astra.data.batches import IGNORE_INDEX, collate, tokenize_example
 from astra.data.datamodule import TaskDataModule
 from astra.data.sources import read_rows
 from astra.models.build import load_tiny_tokenizer
 from astra.tasks.base import get_family
-from astra.tasks.batches import IGNORE_INDEX, collate, tokenize_example
 from astra.tasks.math import gsm8k_example
 
 ROW = {"question": "Tom has 3 apples and buys 4,000 more. How many?", "answer": "3+4000=<<3+4000=4003>>4003\n#### 4,003"}

@@ -19,7 +19,7 @@ from astra.calibration.identity import (
     checkpoint_fingerprint,
     model_fingerprint,
 )
-from astra.tasks.batches import IGNORE_INDEX, collate
+from astra.data.batches import IGNORE_INDEX, collate
 
 PAD = 0
 

@@ -62,15 +62,19 @@ def test_git_state_counts_tracked_changes_only(tmp_path, monkeypatch):
     _git(repo, "commit", "-q", "-m", "first")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
 
-    assert results.git_state(repo) == {"commit": commit, "dirty": False}
+    clean = {"commit": commit, "dirty": False, "diff_sha256": None, "checkout": str(repo.resolve())}
+    assert results.git_state(repo) == clean
     (repo / "result-earlier-run.json").write_text("{}")  # an earlier run's (untracked) result file
-    assert results.git_state(repo) == {"commit": commit, "dirty": False}
+    assert results.git_state(repo) == clean
     (repo / "tracked.txt").write_text("two\n")
-    assert results.git_state(repo) == {"commit": commit, "dirty": True}
+    edited = results.git_state(repo)
+    assert edited["dirty"] is True and len(edited["diff_sha256"]) == 16
+    (repo / "tracked.txt").write_text("three\n")
+    assert results.git_state(repo)["diff_sha256"] != edited["diff_sha256"]  # the hash tells two edits apart
 
     not_a_repo = tmp_path / "plain"
     not_a_repo.mkdir()
-    assert results.git_state(not_a_repo) == {"commit": None, "dirty": None}
+    assert results.git_state(not_a_repo) == {"commit": None, "dirty": None, "diff_sha256": None, "checkout": None}
 
 
 # ----------------------------------------------------------------------------------------- permissions

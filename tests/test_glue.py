@@ -58,7 +58,8 @@ def test_every_method_on_encoders(tmp_path, model_name, method):
     model, _ = steps.apply_method(cfg, model, datamodule.family, datamodule, torch.device("cpu"))
     if cfg.method.get("preserves_output_at_init", True):
         after = _logits(model, batch)
-        assert ((after - before).abs().max() / before.abs().max()).item() < 1e-5
+        # float32 rounding of W - s B A (LoRA-GA and Astra move much of W into B A) on small classifier logits
+        assert ((after - before).abs().max() / before.abs().max()).item() < 5e-5
     if cfg.method.peft is not None:  # the classifier head trains in full beside the adapters (SEQ_CLS)
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
         assert any("classifier" in name for name in trainable) and any("lora_A" in name for name in trainable)

@@ -10,8 +10,9 @@ import torch
 from conftest import CONF_DIR, compose_config, config_groups
 from omegaconf import OmegaConf
 
-from astra.methods.base import lora_layers
+from astra.models.adapters import lora_layers
 from astra.models.build import build_model_and_tokenizer
+from astra.models.export import export_adapter, save_initial_adapter
 from astra.run import runner, steps
 from astra.tasks.base import get_family
 
@@ -104,10 +105,10 @@ def test_residual_export_loads_on_original_base(tmp_path, method):
     cfg, model, datamodule = _setup(tmp_path, method, ["optim.lr=1e-2"])
     run_dir = tmp_path / "run"
     model, _ = steps.apply_method(cfg, model, datamodule.family, datamodule, torch.device("cpu"))
-    steps.save_initial_adapter(cfg, model, run_dir)
+    save_initial_adapter(cfg, model, run_dir)
     trainer = steps.build_trainer(cfg, torch.device("cpu"), [], [], run_dir)
     steps.fit(steps.build_module(cfg, model, torch.device("cpu")), datamodule, trainer)
-    exported = steps.export_adapter(cfg, model, run_dir)
+    exported = export_adapter(cfg, model, run_dir)
     batch = _probe_batch(datamodule)
     trained = _logits(model, batch)
 

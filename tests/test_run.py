@@ -41,7 +41,7 @@ def test_writes_exactly_one_result_file_with_every_key(lora_run):
     assert 0 < result["parameters"]["trainable"] < result["parameters"]["total"]
     assert {"init", "train", "eval", "total"} <= set(result["wall_time_s"])
     assert result["peak_memory_bytes"]["cpu_max_rss"] > 0
-    assert set(result["git"]) == {"commit", "dirty"}
+    assert set(result["git"]) == {"commit", "dirty", "diff_sha256", "checkout"}
     assert result["versions"]["torch"].startswith("2.13.0")
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     telemetry = result["telemetry"]  # summary figures from the default callbacks

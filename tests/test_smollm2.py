@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import compose_config
 
-from astra.methods.base import lora_layers
 from astra.models import build as models
 from astra.models import sources as model_sources
+from astra.models.adapters import lora_layers
 from astra.run import steps
 from astra.tasks.base import get_family
 

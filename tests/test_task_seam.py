@@ -12,8 +12,9 @@ import torch
 from conftest import CONF_DIR
 from omegaconf import OmegaConf
 
+from astra.data.examples import Example
 from astra.data.sources import SAMPLES_DIR, read_rows
-from astra.tasks.base import EvalSettings, Example, get_family, item_outcomes
+from astra.tasks.base import EvalSettings, get_family, item_outcomes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 QUICK = ["logger=none", "callbacks=none", "trainer=debug", "trainer.eval_limit=3"]
@@ -81,7 +82,7 @@ def test_math_items(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("protocol", ["generation", "loglikelihood"])
 def test_commonsense_items(tmp_path, monkeypatch, protocol):
-    from astra.models import load_tiny_tokenizer, tiny_llama
+    from astra.models.build import load_tiny_tokenizer, tiny_llama
     from astra.tasks import commonsense
 
     cfg = task_cfg("arc_e", **{"eval.protocol": protocol, "eval.batch_size": 4})
@@ -141,7 +142,7 @@ def test_glue_items(tmp_path, monkeypatch, task):
 def compose_in(conf_dir: Path, tmp_path: Path, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    import astra.hydra_support  # noqa: F401 - registers the resolvers run.py registers
+    import astra.run.hydra_support  # noqa: F401 - registers the resolvers run.py registers
 
     paths = [f"paths.output_dir={tmp_path / 'run'}", f"paths.log_dir={tmp_path / 'logs'}",
              f"paths.results_dir={tmp_path / 'results'}"]  # fmt: skip
@@ -165,7 +166,7 @@ MCQ = [("Which of these is a colour?", ["blue", "seven", "quickly"], 1),
 
 @pytest.mark.parametrize("protocol", ["loglikelihood", "generation"])
 def test_a_new_commonsense_benchmark_is_one_yaml(tmp_path, protocol):
-    import run
+    from astra.run import runner
 
     rows = [{"instruction": f"Please choose the correct answer to the question: {q}\n\n"
                             + " ".join(f"Answer{k + 1}: {c}" for k, c in enumerate(choices))
@@ -180,7 +181,7 @@ def test_a_new_commonsense_benchmark_is_one_yaml(tmp_path, protocol):
     conf_dir = conf_with(tmp_path, "quiz", task)
     cfg = compose_in(conf_dir, tmp_path, ["task=quiz", "method=lora", *QUICK, f"task.eval.protocol={protocol}",
                                           "task.eval.max_new_tokens=4", "task.train_limit=40"])  # fmt: skip
-    run.train(cfg, overrides=["task=quiz"])
+    runner.train(cfg, overrides=["task=quiz"])
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "ok" and result["task"] == "quiz" and result["metrics"]["n_eval"] == 3
     records = [json.loads(line) for line in (tmp_path / "run" / "eval" / "quiz.jsonl").read_text().splitlines()]
@@ -192,7 +193,7 @@ def test_a_new_commonsense_benchmark_is_one_yaml(tmp_path, protocol):
 
 
 def test_a_new_glue_task_is_one_yaml(tmp_path):
-    import run
+    from astra.run import runner
 
     lines = ["id\tfirst\tsecond\tverdict"] + [
         f"{k}\tThe {w} is here number {k}.\tA {w} is {'here' if k % 2 else 'gone'}.\t{'same' if k % 2 else 'different'}"
@@ -209,7 +210,7 @@ def test_a_new_glue_task_is_one_yaml(tmp_path):
     task["eval"]["primary_metric"] = "f1"
     conf_dir = conf_with(tmp_path, "pairs", task)
     cfg = compose_in(conf_dir, tmp_path, ["task=pairs", "model=tiny_bert", "method=lora", *QUICK])
-    metric = run.train(cfg, overrides=["task=pairs"])
+    metric = runner.train(cfg, overrides=["task=pairs"])
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "ok" and result["task"] == "pairs" and 0.0 <= metric <= 1.0
     assert set(result["metrics"]) >= {"accuracy", "f1", "n_eval"} and result["metrics"]["n_eval"] == 3

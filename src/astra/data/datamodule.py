@@ -13,10 +13,10 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
+from astra.data.batches import IGNORE_INDEX
+from astra.data.examples import Example
 from astra.data.resumable import ResumableRandomSampler
-from astra.data.sources import SplitRows, load_split
-from astra.tasks.base import Example
-from astra.tasks.batches import IGNORE_INDEX
+from astra.data.sources import SplitRows, load_split, require_file
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,7 @@ def select_rows(loaded: SplitRows, row_ids: Any, split: str) -> SplitRows:
     if not row_ids or not row_ids.get(split):
         return loaded
     path, key = Path(os.path.expanduser(str(row_ids.get("file") or ""))), row_ids[split]
-    if not path.is_file():
-        raise FileNotFoundError(f"task.row_ids.file={str(path)!r} does not exist (a JSON object of id lists)")
+    require_file(path, "task.row_ids.file (a JSON object of id lists)")
     lists = json.loads(path.read_text(encoding="utf-8"))
     if key not in lists:
         raise ValueError(f"task.row_ids.{split}={key!r} is not a key of {path}; its keys: {sorted(lists)}")

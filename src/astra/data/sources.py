@@ -91,12 +91,22 @@ def _json_array_rows(path: Path, text: str) -> list[tuple[int, dict]]:
     return rows
 
 
+def require_file(path: str | Path, what: str = "data file") -> Path:
+    """``path`` if it is a readable file; else an error that says what it is instead (a directory, nothing)."""
+    path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir())[:8]
+        raise IsADirectoryError(f"{what} {path} is a directory, not a file; name a file inside it "
+                                f"(it holds: {', '.join(inside) or 'nothing'})")  # fmt: skip
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    return path
+
+
 def read_rows_with_lines(path: str | Path) -> list[tuple[int, dict]]:
     """``(line, row)`` pairs of a .jsonl file (one object per line) or a .json file (an array of objects);
     ``line`` is 1-based: the row's line in a .jsonl file, the line its object starts on in a .json file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
+    path = require_file(path)
     if path.suffix not in (".jsonl", ".json"):
         raise ValueError(f"data file {path} has suffix {path.suffix!r}; expected .jsonl or .json")
     text = _decode_utf8(path)
@@ -111,9 +121,10 @@ def read_rows(path: str | Path) -> list[dict]:
     return [row for _, row in read_rows_with_lines(path)]
 
 
-def _file_split(path: str | Path, reader: Any = None) -> SplitRows:
+def _file_split(path: str | Path, reader: Any = None, what: str = "data file") -> SplitRows:
     """JSON / JSON Lines through the generic reader; any other format through the task family's ``reader``
     (e.g. HellaSwag's 6-line text file), which returns ``(rows, locations)`` or None when it does not know it."""
+    require_file(path, what)  # before a family's reader sees it: a directory is named as one, not "does not exist"
     special = reader(Path(path)) if reader is not None and Path(path).suffix not in (".json", ".jsonl") else None
     if special is not None:
         return SplitRows(special[0], special[1], f"file {path}")
@@ -159,9 +170,9 @@ def load_split(task_cfg: Any, split: str, reader: Any = None) -> SplitRows:
         if not path:
             raise ValueError(f"task.source=files needs task.data.{split}=<path to the {split} file>")
         if isinstance(path, str):
-            return _file_split(os.path.expanduser(path), reader)
+            return _file_split(os.path.expanduser(path), reader, f"task.data.{split}")
         # A list of files: their rows in order (a training mix such as several LLM-Adapters training files).
-        parts = [_file_split(os.path.expanduser(str(item)), reader) for item in path]
+        parts = [_file_split(os.path.expanduser(str(item)), reader, f"task.data.{split}") for item in path]
         rows = [row for part in parts for row in part.rows]
         locations = [location for part in parts for location in part.locations]
         return SplitRows(rows, locations, " + ".join(part.origin for part in parts))

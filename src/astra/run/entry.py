@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
-from astra.run import hydra_support, runner
+from astra.run import console, hydra_support, runner
 from astra.run.checkpointing import resume_argv
 from astra.run.interrupts import RunInterrupted
 
@@ -25,10 +25,21 @@ def run_job(cfg: DictConfig) -> float:
     except RunInterrupted as exc:
         # 130 / 143, as a shell reports a death by SIGINT / SIGTERM, so schedulers see a preempted job.
         sys.exit(exc.exit_code)
-    except Exception:
-        if not hydra_support.in_multirun():
-            raise
-        return float("nan")
+    except Exception as exc:
+        if hydra_support.in_multirun():
+            return float("nan")
+        if is_input_error(exc) and not console.verbose_requested(sys.argv):
+            # The summary block above named the error: one clean message, no traceback (hydra.verbose=true or
+            # ASTRA_VERBOSE=1 shows it).
+            print("(an input error, found before the model loaded; the traceback: add hydra.verbose=true)",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(1)
+        raise
+
+
+def is_input_error(exc: BaseException) -> bool:
+    """A bad setting or a missing / wrong file, refused in the setup phase, before any model was loaded."""
+    return getattr(exc, "astra_phase", None) == "setup" and isinstance(exc, (ValueError, OSError, PermissionError))
 
 
 def finish(main: Callable[[], object]) -> int:

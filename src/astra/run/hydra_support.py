@@ -85,6 +85,18 @@ def task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def config_root() -> Path | None:
+    """The folder the primary configs were read from (``conf/`` beside the run.py that ran); None outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    for source in HydraConfig.get().runtime.config_sources:
+        if source.provider == "main" and str(source.path).startswith("file://"):
+            return Path(str(source.path).removeprefix("file://"))
+    return None
+
+
 def in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

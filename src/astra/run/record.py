@@ -7,6 +7,7 @@ its own result file and keeps the earlier attempts under ``attempts``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import resource
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from astra.run import console, results, steps
+from astra.run import console, hydra_support, results, steps
 from astra.run.interrupts import RunInterrupted, interruption_guard
 from astra.training.module import TrainingDivergedError
 
@@ -61,6 +62,9 @@ class RunRecord:
         self.cfg, self.run_dir, self.overrides = cfg, Path(run_dir), list(overrides)
         self.watch = Stopwatch()
         self.created = results.now_iso()
+        # Provenance as of the start: a grid that runs while commits land must record the code that ran.
+        self.git_at_start = results.git_state()
+        self.config_root = hydra_support.config_root()
         self.status, self.error, self.interruption = "ok", None, None
         self.device: torch.device | None = None
         self.resume_from: Path | None = None
@@ -86,8 +90,9 @@ class RunRecord:
                 diverged = exc if isinstance(exc, TrainingDivergedError) else (
                     self.module.first_divergence() if self.module is not None else None)
                 self.failed(exc, diverged)
-                log.error("run failed: %s", self.error)
-                log.debug("traceback", exc_info=(exc_type, exc, tb))
+                log.debug("run failed: %s", self.error, exc_info=(exc_type, exc, tb))  # the job's log file
+                with contextlib.suppress(AttributeError):
+                    exc.astra_phase = self.watch.phase  # the entry prints a setup error as one line
         finally:
             self.guard.shield()  # a second signal must not cut the result file short
             try:
@@ -146,7 +151,7 @@ class RunRecord:
             "wall_time_s": {**{k: round(v, 3) for k, v in self.watch.seconds.items()},
                             "total": round(time.perf_counter() - self.watch.started, 3)},
             "peak_memory_bytes": peak_memory_bytes(self.device),
-            "git": results.git_state(),
+            **self.provenance(),
             "versions": results.package_versions(),
             "status": self.status,
             "error": self.error,
@@ -156,6 +161,20 @@ class RunRecord:
             "resumed_from_step": None,
             **self.facts,
         }
+
+    def provenance(self) -> dict[str, Any]:
+        """``git``: the package's checkout at process start; ``git_at_write`` when it changed during the run;
+        ``git_configs``: the checkout the configs came from, when that is another one (a clone or worktree sharing
+        this checkout's editable install)."""
+        facts: dict[str, Any] = {"git": self.git_at_start}
+        now = results.git_state()
+        if now != self.git_at_start:
+            facts["git_at_write"] = now
+        if self.config_root is not None:
+            configs = results.git_state(self.config_root)
+            if configs.get("checkout") != self.git_at_start.get("checkout") or configs.get("checkout") is None:
+                facts["git_configs"] = {**configs, "config_dir": str(self.config_root)}
+        return facts
 
     def write(self, results_root: Path) -> list[Path]:
         """A new run writes its result file (and the copy under ``results_root``); a resumed run replaces its

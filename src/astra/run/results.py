@@ -6,6 +6,7 @@ JSON reader can load them, and they get the usual ``0o666 & ~umask`` permissions
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,20 +30,29 @@ REQUIRED_KEYS = (
 RESULT_COPY_FILE = "result_copy.txt"  # in the run directory: where write_result put the results-directory copy
 
 
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
 def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any]:
-    """Commit and dirtiness of the source tree; nulls when it is not a git checkout.
+    """Commit, dirtiness and a hash of the tracked changes (``git diff HEAD``) of the checkout holding ``root``, and
+    that checkout's folder; nulls when it is not a git checkout.
 
     Only tracked changes count: untracked files (earlier runs' result files, logs) would otherwise make every
     run after the first look "dirty"."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, timeout=10)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return {"commit": None, "dirty": None}
-    if commit.returncode != 0:
-        return {"commit": None, "dirty": None}
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit is None or commit.returncode != 0:
+        return {"commit": None, "dirty": None, "diff_sha256": None, "checkout": None}
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    diff = _git(root, "diff", "HEAD", "--no-ext-diff", "--binary")
+    top = _git(root, "rev-parse", "--show-toplevel")
+    dirty = bool(status.stdout.strip()) if status is not None and status.returncode == 0 else None
+    digest = hashlib.sha256(diff.stdout.encode()).hexdigest()[:16] if dirty and diff is not None else None
+    return {"commit": commit.stdout.strip(), "dirty": dirty, "diff_sha256": digest,
+            "checkout": top.stdout.strip() if top is not None and top.returncode == 0 else None}  # fmt: skip
 
 
 def package_versions() -> dict[str, str | None]:

@@ -17,7 +17,7 @@ from astra.models.export import export_adapter, save_initial_adapter
 from astra.run import console, hydra_support, results, skip_existing, steps
 from astra.run.record import RunRecord
 from astra.run.resume import remove_checkpoint, resume_checkpoint
-from astra.run.validation import validate_run_config
+from astra.run.validation import check_dependent_settings, check_trains, validate_run_config
 from astra.tasks.base import get_family
 
 log = logging.getLogger("run")
@@ -48,6 +48,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
         phase = record.watch
         with phase("setup"):
             validate_run_config(cfg)
+            check_dependent_settings(cfg, record.overrides)  # nothing the user gave may be silently ignored
             record.resume_from = resume_checkpoint(cfg, run_dir)
             device = record.device = steps.choose_device(cfg.trainer)
             pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -55,6 +56,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             tokenizer = build_tokenizer(cfg.model)
             datamodule = steps.build_datamodule(cfg, family, tokenizer)
             record.facts["data"] = steps.data_summary(datamodule)
+            check_trains(cfg, record.facts["data"]["train_rows"])  # no trained row without training
             model = build_model(cfg.model, cfg.seed, tokenizer, family.model_head(cfg.task))
             probe = steps.forgetting_probe(cfg, tokenizer, device, family)
         console.phase_line("setup", record.facts["data"], phase.seconds["setup"])
@@ -76,6 +78,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
         with phase("train"):
             if cfg.method.get("trains", True):  # method=untrained: the model is scored as loaded
                 steps.fit(record.module, datamodule, record.trainer, ckpt_path=record.resume_from)
+                if record.trainer.global_step == 0:  # whatever the cause, a row that never trained is not ok
+                    raise RuntimeError(f"method={cfg.method.name} finished fitting after 0 optimizer steps")
         if not record.main_process:
             return float("nan")
 

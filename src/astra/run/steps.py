@@ -209,31 +209,7 @@ def evaluate(cfg: DictConfig, model, tokenizer, family: TaskFamily, datamodule: 
     ``<run_dir>/eval/<task>.jsonl``."""
     settings = EvalSettings(limit=cfg.trainer.eval_limit, device=device, records_path=run_dir / "eval" / f"{cfg.task.name}.jsonl")
     model.to(device)
-    evaluation = family.evaluate(model, tokenizer, datamodule.test_examples, cfg.task, settings)
-    return {**evaluation, "items": item_outcomes(settings.records_path)}
-
-
-def item_outcomes(records_path: Path) -> dict[str, list] | None:
-    """Per test item, in evaluation order: an id and whether it was right (``{"ids", "correct"}``), for paired
-    comparisons between runs (the report's bootstrap intervals); None when the task scores no item as right/wrong
-    (STS-B's regression)."""
-    import json
-
-    if not records_path.is_file():
-        return None
-    records = [json.loads(line) for line in records_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not records or not all("correct" in record for record in records):
-        return None
-
-    def item_id(position: int, record: dict) -> str:
-        for key in ("id", "task_id", "index"):
-            if record.get(key) is not None:
-                return str(record[key])
-        if record.get("idx") is not None:
-            return f"{record.get('split', '')}:{record['idx']}"
-        return str(position)
-
-    return {"ids": [item_id(k, r) for k, r in enumerate(records)], "correct": [int(bool(r["correct"])) for r in records]}
+    return family.evaluate(model, tokenizer, datamodule.test_examples, cfg.task, settings)
 
 
 def finite_check_interval(cfg: DictConfig, device: torch.device) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,112 @@ def validate_run_config(cfg: DictConfig) -> None:
     cache_dir = _value(cfg, "paths.cache_dir")
     if cache_dir:
         writable_directory("paths.cache_dir", os.path.expanduser(str(cache_dir)))
+
+
+# Settings that only take effect under another setting. Giving one without the other used to be silently ignored
+# (task.data.train=<file> without task.source=files trained on the shipped sample and finished ok): now it is refused,
+# naming the setting that would make it count. ``given``: "set" (the key is not null in the composed config: its
+# default is null) or "override" (the key was given on the command line: its default is a real value).
+@dataclass(frozen=True)
+class DependentSetting:
+    prefix: str  # the key, or a prefix ending in "." for every key below it
+    needs: str  # the key that must hold one of ``values`` for the setting to take effect
+    values: tuple
+    given: str  # "set" or "override"
+    family: str | None = None  # the rule applies to tasks of this family only
+
+    def covers(self, key: str) -> bool:
+        return key.startswith(self.prefix) if self.prefix.endswith(".") else key == self.prefix
+
+
+DEPENDENT_SETTINGS = (
+    DependentSetting("task.data.", "task.source", ("files",), "set"),
+    DependentSetting("task.hub.", "task.source", ("hub",), "override"),
+    DependentSetting("forgetting.file", "forgetting.source", ("file",), "set"),
+    DependentSetting("forgetting.hub.", "forgetting.source", ("hub",), "override"),
+    DependentSetting("forgetting.", "forgetting.enabled", (True,), "override"),
+    DependentSetting("trainer.val_size", "task.validation_size", (None,), "override"),
+    DependentSetting("task.eval.max_new_tokens", "task.eval.protocol", ("generation",), "override", "commonsense"),
+    *(DependentSetting(f"method.init.{key}", "method.init.eigensolver", ("randomized", "auto"), "override")
+      for key in ("oversample", "n_iter", "tolerance", "retry_oversample", "on_unconverged")),
+)
+
+
+def override_keys(overrides: list[str]) -> list[str]:
+    """The keys of command-line overrides (``+a.b=1`` -> ``a.b``; group choices such as ``task=qnli`` included)."""
+    keys = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key and not key.startswith("hydra."):
+            keys.append(key)
+    return keys
+
+
+def _leaf_keys(cfg: DictConfig, prefix: str) -> list[str]:
+    """``prefix`` itself when it names a value, else every non-null leaf below ``prefix.``."""
+    node = _value(cfg, prefix.rstrip("."))
+    if not OmegaConf.is_config(node):
+        return [prefix.rstrip(".")] if node is not None else []
+    plain = OmegaConf.to_container(node, resolve=False)
+    found = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(inner, f"{path}.{key}")
+        elif value is not None:
+            found.append(path)
+
+    walk(plain, prefix.rstrip("."))
+    return found
+
+
+def check_dependent_settings(cfg: DictConfig, overrides: list[str]) -> None:
+    """Refuse a setting that would be silently ignored (:data:`DEPENDENT_SETTINGS`)."""
+    given_on_command_line = override_keys(overrides)
+    for rule in DEPENDENT_SETTINGS:
+        if rule.family is not None and _value(cfg, "task.family") != rule.family:
+            continue
+        if _value(cfg, rule.needs) in rule.values:
+            continue
+        if rule.given == "set":
+            given = [key for key in _leaf_keys(cfg, rule.prefix) if rule.covers(key)]
+        else:
+            given = [key for key in given_on_command_line if rule.covers(key) and key != rule.needs]
+        if given:
+            wanted = " or ".join(f"{rule.needs}={value}" if value is not None else f"{rule.needs}=null"
+                                 for value in rule.values)  # fmt: skip
+            raise ConfigError(
+                f"{given[0]} is given but takes effect only with {wanted}; here {rule.needs}="
+                f"{_value(cfg, rule.needs)!r}, so it would be silently ignored. Add {wanted}, or drop {given[0]}"
+            )
+
+
+def planned_optimizer_steps(cfg: DictConfig, train_rows: int) -> int:
+    """How many optimizer steps Lightning will take on ``train_rows`` rows with the trainer settings."""
+    lightning = cfg.trainer.lightning
+    batches = math.ceil(train_rows / int(cfg.trainer.batch_size))
+    limit = lightning.get("limit_train_batches")
+    if limit is not None:
+        batches = min(batches, int(limit)) if _is_int(limit) else int(batches * float(limit))
+    per_epoch = math.ceil(batches / int(lightning.get("accumulate_grad_batches", 1))) if batches else 0
+    max_epochs, max_steps = lightning.get("max_epochs"), int(lightning.get("max_steps", -1))
+    if max_epochs is None or int(max_epochs) < 0:
+        max_epochs = 1000 if max_steps < 0 else max_steps  # Lightning's defaults: 1000 epochs without max_steps
+    steps = per_epoch * int(max_epochs)
+    return min(steps, max_steps) if max_steps >= 0 else steps
+
+
+def check_trains(cfg: DictConfig, train_rows: int) -> None:
+    """A training method with zero optimizer steps would be recorded as a trained row that never trained."""
+    if not cfg.method.get("trains", True):
+        return
+    steps = planned_optimizer_steps(cfg, train_rows)
+    if steps < 1:
+        lightning = cfg.trainer.lightning
+        raise ConfigError(
+            f"method={cfg.method.name} would take 0 optimizer steps (trainer.lightning.max_epochs="
+            f"{lightning.get('max_epochs')}, max_steps={lightning.get('max_steps')}, limit_train_batches="
+            f"{lightning.get('limit_train_batches')}, {train_rows} training rows): a result would read as trained. "
+            "Give at least one step, or use method=untrained for the model as loaded"
+        )

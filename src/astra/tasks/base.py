@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from astra.tasks.batches import collate, tokenize_example
-from astra.tasks.examples import Example
+from astra.data.batches import collate, tokenize_example
+from astra.data.examples import Example
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes "

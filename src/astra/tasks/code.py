@@ -40,7 +40,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, item_outcomes, write_records
+from astra.data.examples import Example
+from astra.tasks.base import ALPACA_PROMPT, EvalSettings, TaskFamily, item_outcomes, write_records
 from astra.tasks.code_execution import (
     ExecutionPolicy,
     ExecutionResult,

@@ -11,7 +11,7 @@ import pickle
 import zlib
 from pathlib import Path
 
-from astra.data.sources import jsonl_rows
+from astra.data.sources import jsonl_rows, require_file
 
 PLUS_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol")  # EvalPlus rows
 
@@ -35,8 +35,7 @@ def load_plus(path: str | Path, benchmark: str) -> dict[str, dict]:
     from astra.data.sources import read_rows_with_lines
 
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"task.eval.plus_file={str(path)!r} does not exist (HumanEvalPlus / MbppPlus jsonl[.gz])")
+    require_file(path, "task.eval.plus_file (HumanEvalPlus / MbppPlus jsonl[.gz])")
     if path.suffix == ".gz":
         rows, locations = read_jsonl_gz(path)
     else:

@@ -18,7 +18,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, item_outcomes, write_records
+from astra.data.examples import Example
+from astra.tasks.base import ALPACA_PROMPT, EvalSettings, TaskFamily, item_outcomes, write_records
 from astra.tasks.commonsense_benchmarks import BENCHMARKS, CommonsenseBenchmark
 from astra.tasks.commonsense_benchmarks import benchmark as spec
 from astra.tasks.commonsense_data import answer_word, parse_llm_adapters_row, read_hellaswag

@@ -10,13 +10,15 @@ torchmetrics (``glue_metrics``).
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from astra.tasks.base import EvalSettings, Example, TaskFamily, item_outcomes, write_records
+from astra.data.examples import Example
+from astra.tasks.base import EvalSettings, TaskFamily, item_outcomes, write_records
 from astra.tasks.glue_data import GLUE_TASKS, GlueTaskSpec, glue_spec, read_glue_tsv, read_hub_row
 from astra.tasks.glue_metrics import compute_dev_metrics
 
@@ -140,5 +142,8 @@ class GlueFamily(TaskFamily):
                 records.append(record)
         metrics = compute_dev_metrics(spec, scored)
         write_records(settings.records_path, records)
-        return {"metrics": {k: float(v) for k, v in metrics.items()}, "samples": records[:3],
-                "items": item_outcomes(records)}
+        evaluation = {"metrics": {k: float(v) for k, v in metrics.items()}, "samples": records[:3],
+                      "items": item_outcomes(records)}  # fmt: skip
+        if not spec.is_regression:  # how often each class was predicted: a collapsed classifier predicts one
+            evaluation["prediction_counts"] = dict(Counter(str(record["prediction"]) for record in records))
+        return evaluation

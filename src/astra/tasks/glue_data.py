@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from astra.data.sources import require_file
+
 
 class GlueDataError(ValueError):
     """A GLUE file or row that cannot be read; the message names the file and line."""
@@ -128,8 +130,7 @@ def _layout(spec: GlueTaskSpec, first: list[str]) -> tuple[dict[str, int], bool]
 def read_glue_tsv(task: str | GlueTaskSpec, path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows of a GLUE TSV file and, in parallel, their locations (``"file <path> line <n>"``)."""
     spec, path = task_row(task), Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GLUE {spec.name} file {path} does not exist")
+    require_file(path, f"GLUE {spec.name} file")
     lines = _lines(path)
     while lines and not lines[-1].strip():
         lines.pop()

@@ -13,7 +13,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from astra.tasks.base import ALPACA_PROMPT, EvalSettings, Example, TaskFamily, item_outcomes, write_records
+from astra.data.examples import Example
+from astra.tasks.base import ALPACA_PROMPT, EvalSettings, TaskFamily, item_outcomes, write_records
 from astra.tasks.generation import generation_options, greedy_generate
 from astra.tasks.math_answers import (
     extract_gsm8k_answer,

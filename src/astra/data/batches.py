@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from astra.tasks.examples import Example
+from astra.data.examples import Example
 
 IGNORE_INDEX = -100
 
