@@ -300,7 +300,7 @@ def measure(shape: str, args, device: torch.device) -> tuple[list[dict], dict]:
                 pairs = list(zip(times[name], times["pissa"]))  # per-round ratios when interleaved
                 ratios = [a / p for a, p in pairs] or [by_name[name]["init_s"] / by_name["pissa"]["init_s"]]
                 by_name[name]["vs_pissa"] = median(ratios)
-    for name in ("astra", "astra_auto", "astra_auto_retry", "astra_auto_warn"):  # issue 12: Astra after calibration
+    for name in ("astra", "astra_exact", "astra_retry", "astra_warn"):  # issue 12: Astra after calibration
         # (its eigen stage) at most PiSSA's whole init
         if name in by_name and "pissa" in by_name and by_name[name].get("post_calib_times"):
             post, pissa = by_name[name]["post_calib_times"], times["pissa"]

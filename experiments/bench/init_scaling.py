@@ -89,7 +89,7 @@ def worker(args) -> None:
     import copy
 
     for arm in args.eigensolvers:
-        name = {"exact": "astra", "auto": "astra_auto", "auto_warn": "astra_auto_warn"}[arm]
+        name = {"exact": "astra_exact", "auto": "astra", "auto_warn": "astra_warn"}[arm]
         method_config(name, args.rank)  # fails early on a bad arm
         totals, calibs, posts, peaks = [], [], [], []
         for _ in range(args.rounds):

@@ -14,6 +14,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from astra.run.learning_rate import SCALED_RESOLVER, scaled
+
 log = logging.getLogger(__name__)
 
 # Two runs started in the same second (SLURM arrays, runs launched by hand in parallel) must never share a
@@ -29,6 +31,9 @@ if not OmegaConf.has_resolver("astra_project"):
 # experiment sweeping methods sets calibration_samples once, without giving calibration to methods that have none).
 if not OmegaConf.has_resolver("astra_or"):
     OmegaConf.register_new_resolver("astra_or", lambda value, default: default if value is None else value)
+# ${astra_scaled:${model.lr},${method.lr_scale}}: the default optim.lr, the model's rate scaled for the method.
+if not OmegaConf.has_resolver(SCALED_RESOLVER):
+    OmegaConf.register_new_resolver(SCALED_RESOLVER, scaled)
 
 
 def job_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:

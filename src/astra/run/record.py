@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from astra.run import console, hydra_support, results, steps
 from astra.run.interrupts import RunInterrupted, interruption_guard
+from astra.run.learning_rate import learning_rate_source
 from astra.training.module import TrainingDivergedError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ class RunRecord:
         self.status, self.error, self.interruption = "ok", None, None
         self.device: torch.device | None = None
         self.resume_from: Path | None = None
-        self.facts: dict[str, Any] = {"metrics": {}, "train_loss": results.loss_summary([]), "parameters": None}
+        self.facts: dict[str, Any] = {"metrics": {}, "train_loss": results.loss_summary([]), "parameters": None,
+                                      "warnings": []}  # fmt: skip
         # What the runner built so far; read when the block is left, whatever the outcome.
         self.module, self.trainer, self.loggers, self.callbacks = None, None, [], []
         self.main_process = steps.is_main_process()  # only global rank 0 writes the result file
@@ -144,6 +146,7 @@ class RunRecord:
             "rank": cfg.rank,
             "alpha": cfg.alpha,
             "learning_rate": cfg.optim.lr,
+            "learning_rate_source": learning_rate_source(cfg),  # model.lr x method.lr_scale, or optim.lr given
             "experiment": cfg.experiment_name,
             "config": OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False),
             "overrides": self.overrides,

@@ -15,6 +15,8 @@ from omegaconf import DictConfig
 from astra.models.build import build_model, build_tokenizer
 from astra.models.export import export_adapter, save_initial_adapter
 from astra.run import console, hydra_support, results, skip_existing, steps
+from astra.run.collapse import collapse_warnings
+from astra.run.learning_rate import learning_rate_facts
 from astra.run.record import RunRecord
 from astra.run.resume import remove_checkpoint, resume_checkpoint
 from astra.run.validation import check_dependent_settings, check_trains, validate_run_config
@@ -68,6 +70,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
         record.facts["init"] = {k: v for k, v in init_report.items() if not k.startswith("_")}
         record.facts["parameters"] = steps.parameter_counts(model)
         console.init_line(cfg, record.facts["parameters"], phase.seconds["init"])
+        rate = learning_rate_facts(cfg)
+        log.info("learning rate %.3g (%s)", rate["value"], rate["source"])
         if record.main_process and record.resume_from is None:
             save_initial_adapter(cfg, model, run_dir)
 
@@ -87,6 +91,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             evaluation = steps.evaluate(cfg, model, tokenizer, family, datamodule, device, run_dir)
         record.facts["metrics"], record.facts["eval_samples"] = evaluation["metrics"], evaluation["samples"]
         record.facts["items"] = evaluation["items"]  # per-item right/wrong, for paired intervals in the report
+        record.facts["prediction_counts"] = evaluation.get("prediction_counts")  # classification: per class
+        train_loss = results.loss_summary(record.module.loss_history())
+        record.facts["warnings"] += collapse_warnings(evaluation, train_loss, rate, cfg.method.get("trains", True))
         if probe is not None:
             with phase("forgetting"):
                 probe.after(model)

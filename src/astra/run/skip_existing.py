@@ -49,6 +49,28 @@ HISTORICAL_TARGETS = {
 }
 
 
+# Inputs whose whole effect is another key's resolved value, which is hashed: ``method.lr_scale`` only enters the
+# default ``optim.lr`` (= model.lr x lr_scale), and the run-wide ``eigensolver`` only fills Astra's
+# ``method.init.eigensolver``. Hashing them too would add nothing and would change the identity of every cell
+# recorded before they existed. A new derived input adds a line here.
+DERIVED_INPUTS = (("method", "lr_scale"), ("eigensolver",))
+
+
+def without_derived_inputs(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without :data:`DERIVED_INPUTS` (a shallow copy along their paths; the input is not changed)."""
+    config = dict(config)
+    for path in DERIVED_INPUTS:
+        node = config
+        for key in path[:-1]:
+            if not isinstance(node.get(key), dict):
+                break
+            node[key] = dict(node[key])
+            node = node[key]
+        else:
+            node.pop(path[-1], None)
+    return config
+
+
 def historical_targets(node: Any) -> Any:
     """``node`` with every ``_target_`` written in its first spelling (:data:`HISTORICAL_TARGETS`)."""
     if isinstance(node, dict):
@@ -61,8 +83,9 @@ def historical_targets(node: Any) -> Any:
 
 def config_fingerprint(config: dict[str, Any], project_root: str | None = PROJECT_ROOT) -> str:
     """sha256 (16 hex digits) of a resolved config (a plain dict) without the keys of ``NOT_PART_OF_THE_CELL``, with
-    ``project_root`` (the folder the config was resolved in; None: none known) written as ``${astra_project:}`` and
-    moved ``_target_`` paths in their first spelling."""
+    ``project_root`` (the folder the config was resolved in; None: none known) written as ``${astra_project:}``,
+    moved ``_target_`` paths in their first spelling and without :data:`DERIVED_INPUTS`."""
+    config = without_derived_inputs(config)
     cell = {key: historical_targets(value) for key, value in config.items() if key not in NOT_PART_OF_THE_CELL}
     text = json.dumps(cell, sort_keys=True, default=str, separators=(",", ":"))
     if project_root:
