@@ -10,6 +10,7 @@ torchmetrics (``glue_metrics``).
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -141,5 +142,8 @@ class GlueFamily(TaskFamily):
                 records.append(record)
         metrics = compute_dev_metrics(spec, scored)
         write_records(settings.records_path, records)
-        return {"metrics": {k: float(v) for k, v in metrics.items()}, "samples": records[:3],
-                "items": item_outcomes(records)}
+        evaluation = {"metrics": {k: float(v) for k, v in metrics.items()}, "samples": records[:3],
+                      "items": item_outcomes(records)}  # fmt: skip
+        if not spec.is_regression:  # how often each class was predicted: a collapsed classifier predicts one
+            evaluation["prediction_counts"] = dict(Counter(str(record["prediction"]) for record in records))
+        return evaluation
