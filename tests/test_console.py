@@ -25,7 +25,7 @@ def test_main_command_prints_no_warning_and_ends_with_the_summary(tmp_path):
     assert not warnings, "warning lines in the main command's output:\n" + "\n".join(warnings)
     block = done.stdout[done.stdout.index("── run summary"):].splitlines()  # the last thing on stdout
     labels = [line.split()[0] for line in block[1:]]
-    assert labels == ["status", "method", "accuracy", "forgetting", "wall", "result"], block
+    assert labels == ["status", "method", "accuracy", "training", "forgetting", "wall", "result"], block
     assert block[1].split() == ["status", "ok"]
     assert re.fullmatch(r"accuracy +\d\.\d{3} on 100 items", block[3]), block[3]
     assert all(phase in block[5] for phase in ("setup", "init", "train", "eval", "total")), block[5]

@@ -128,6 +128,18 @@ def head_class_and_kwargs(model_cfg: Any, head: dict) -> tuple[Any, dict]:
     raise ValueError(f"model head {kind!r} is unknown; expected one of {list(HEADS)}")
 
 
+def vocabulary_size(given: Any, tokenizer) -> int:
+    """A built model's vocabulary: the tokenizer's, or ``model.architecture.vocab_size`` when given (a rehearsal at
+    a real model's width, e.g. LLaMA-2's 32000 rows with the 2048-token test tokenizer; the extra rows are never
+    read). Fewer rows than the tokenizer has tokens would fail at the first unseen id, so that is refused."""
+    if given is None:
+        return len(tokenizer)
+    if not isinstance(given, int) or isinstance(given, bool) or given < len(tokenizer):
+        raise ValueError(f"model.architecture.vocab_size={given!r} is not valid: expected an integer >= the "
+                         f"tokenizer's {len(tokenizer)} tokens, or null for exactly the tokenizer's")
+    return given
+
+
 def build_model(model_cfg: Any, seed: int, tokenizer, head: dict | None = None):
     """The model of a ``conf/model/*.yaml`` node with the head the task family asks for (default: causal LM),
     in train mode. A new head (a classifier) is initialised from ``seed``."""
@@ -139,10 +151,13 @@ def build_model(model_cfg: Any, seed: int, tokenizer, head: dict | None = None):
             torch.manual_seed(seed)
             model = auto_class.from_pretrained(location, dtype=dtype, **head_kwargs)
     elif auto_class is AutoModelForCausalLM and model_cfg.architecture.get("model_type", "llama") == "llama":
-        model = build_llama_from_config(seed=seed, dtype=dtype, vocab_size=len(tokenizer), **model_cfg.architecture)
+        architecture = dict(model_cfg.architecture)
+        vocab_size = vocabulary_size(architecture.pop("vocab_size", None), tokenizer)
+        model = build_llama_from_config(seed=seed, dtype=dtype, vocab_size=vocab_size, **architecture)
     else:
         architecture = dict(model_cfg.architecture)
-        config = AutoConfig.for_model(architecture.pop("model_type", "llama"), vocab_size=len(tokenizer),
+        vocab_size = vocabulary_size(architecture.pop("vocab_size", None), tokenizer)
+        config = AutoConfig.for_model(architecture.pop("model_type", "llama"), vocab_size=vocab_size,
                                       **architecture, **head_kwargs)  # fmt: skip
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -13,6 +13,8 @@ import time
 import warnings
 from typing import Any
 
+from astra.run.learning_rate import learning_rate_source
+
 log = logging.getLogger("run")
 
 VERBOSE_ENV = "ASTRA_VERBOSE"
@@ -92,6 +94,13 @@ def summary_lines(record: Any) -> list[str]:
         items = facts.get("items") or {}
         count = len(items.get("ids", [])) or (facts.get("data") or {}).get("test_rows")
         lines.append(f"{primary:<11} {value:.3f}" + (f" on {count} items" if count else ""))
+    length = facts.get("training_length")
+    if length and cfg.method.get("trains", True):
+        raised = f" ({length['max_epochs']} epochs: model.min_train_steps)" if length.get("raised_from") else ""
+        planned, done = length["optimizer_steps"], getattr(getattr(record, "trainer", None), "global_step", None)
+        steps = f"{planned}" if done in (None, planned) else f"{done} of {planned}"
+        lines.append(f"training    {steps} optimizer steps{raised} at lr {float(cfg.optim.lr):.3g}"
+                     f" ({learning_rate_source(cfg)})")
     increase = (facts.get("forgetting") or {}).get("increase")
     if increase is not None:
         lines.append(f"forgetting  {increase:+.4f} (generic-text loss increase, nats per token)")

@@ -19,6 +19,7 @@ from astra.run.collapse import collapse_warnings
 from astra.run.learning_rate import learning_rate_facts
 from astra.run.record import RunRecord
 from astra.run.resume import remove_checkpoint, resume_checkpoint
+from astra.run.training_length import training_length
 from astra.run.validation import check_dependent_settings, check_trains, validate_run_config
 from astra.tasks.base import get_family
 
@@ -59,6 +60,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             datamodule = steps.build_datamodule(cfg, family, tokenizer)
             record.facts["data"] = steps.data_summary(datamodule)
             check_trains(cfg, record.facts["data"]["train_rows"])  # no trained row without training
+            length = record.facts["training_length"] = training_length(cfg, record.facts["data"]["train_rows"])
+            if length["raised_from"] is not None:
+                log.info("training %d epochs (%d optimizer steps), not trainer.lightning.max_epochs=%d: %s",
+                         length["max_epochs"], length["optimizer_steps"], length["raised_from"], length["reason"])
             model = build_model(cfg.model, cfg.seed, tokenizer, family.model_head(cfg.task))
             probe = steps.forgetting_probe(cfg, tokenizer, device, family)
         console.phase_line("setup", record.facts["data"], phase.seconds["setup"])
@@ -76,7 +81,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             save_initial_adapter(cfg, model, run_dir)
 
         record.loggers, record.callbacks = steps.build_telemetry(cfg, run_dir, init_report, phase.seconds["init"])
-        record.trainer = steps.build_trainer(cfg, device, record.loggers, record.callbacks, run_dir)
+        record.trainer = steps.build_trainer(cfg, device, record.loggers, record.callbacks, run_dir,
+                                             max_epochs=length["max_epochs"])
         record.module = steps.build_module(cfg, model, device, family.head)
         record.main_process = record.trainer.is_global_zero
         with phase("train"):

@@ -54,12 +54,16 @@ HISTORICAL_TARGETS = {
 # ``method.init.eigensolver``. Hashing them too would add nothing and would change the identity of every cell
 # recorded before they existed. A new derived input adds a line here.
 DERIVED_INPUTS = (("method", "lr_scale"), ("eigensolver",))
+# Settings added after results were recorded whose null value is exactly the behaviour before them: null is not
+# hashed, so the cells recorded before them (which pin null) keep their identity; any other value is hashed.
+ABSENT_WHEN_NULL = (("model", "min_train_steps"),)
 
 
 def without_derived_inputs(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` without :data:`DERIVED_INPUTS` (a shallow copy along their paths; the input is not changed)."""
+    """``config`` without :data:`DERIVED_INPUTS` and without the :data:`ABSENT_WHEN_NULL` keys that are null (a
+    shallow copy along their paths; the input is not changed)."""
     config = dict(config)
-    for path in DERIVED_INPUTS:
+    for path, only_null in [*((p, False) for p in DERIVED_INPUTS), *((p, True) for p in ABSENT_WHEN_NULL)]:
         node = config
         for key in path[:-1]:
             if not isinstance(node.get(key), dict):
@@ -67,7 +71,8 @@ def without_derived_inputs(config: dict[str, Any]) -> dict[str, Any]:
             node[key] = dict(node[key])
             node = node[key]
         else:
-            node.pop(path[-1], None)
+            if not only_null or (path[-1] in node and node[path[-1]] is None):
+                node.pop(path[-1], None)
     return config
 
 

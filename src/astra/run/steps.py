@@ -167,8 +167,12 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "total": total}
 
 
-def build_trainer(cfg: DictConfig, device: torch.device, loggers: list, callbacks: list, run_dir: Path) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, device: torch.device, loggers: list, callbacks: list, run_dir: Path,
+                  max_epochs: int | None = None) -> pl.Trainer:
+    """``max_epochs``: the epochs :func:`astra.run.training_length.training_length` settled on (None: the config's)."""
     kwargs = OmegaConf.to_container(cfg.trainer.lightning, resolve=True)
+    if max_epochs is not None:
+        kwargs["max_epochs"] = max_epochs
     kwargs["precision"] = choose_precision(cfg.trainer, device)
     from astra.training.strategies import check_strategy_available
 
