@@ -47,8 +47,8 @@ def test_every_method_yaml_has_a_factor_and_the_docs_agree():
 @pytest.mark.parametrize("method", METHODS)
 def test_the_default_rate_is_the_models_rate_times_the_factor(tmp_path, method):
     cfg = compose_config(tmp_path, [f"method={method}", "model=minilm", "task=qnli"])
-    assert cfg.optim.lr == pytest.approx(5.0e-4 * yaml_factor(method), rel=1e-12)
-    expected = f"model.lr 0.0005 x method.lr_scale {yaml_factor(method):g}"
+    assert cfg.optim.lr == pytest.approx(1.0e-3 * yaml_factor(method), rel=1e-12)
+    expected = f"model.lr 0.001 x method.lr_scale {yaml_factor(method):g}"
     assert learning_rate_source(cfg) == expected
 
 

@@ -98,7 +98,7 @@ def merged_export_check(cfg, run_dir: Path) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from astra.models.build import build_model, build_tokenizer
+    from astra.models.build import build_model, build_tokenizer, resolve_dtype
     from astra.tasks.lm_eval_vllm import export_trained_model
 
     start = time.perf_counter()
@@ -107,7 +107,7 @@ def merged_export_check(cfg, run_dir: Path) -> dict:
     adapter = run_dir / ("adapter_converted" if cfg.method.get("residual") else "adapter")
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
     out = export_trained_model(model, tokenizer, run_dir / "merged")
-    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=resolve_dtype(cfg.model.dtype)).eval()
     ids = tokenizer("Natalia sold clips to 48 of her friends in April.", return_tensors="pt").input_ids
     with torch.no_grad():
         expected, got = model(input_ids=ids).logits.float(), reloaded(input_ids=ids).logits.float()
