@@ -28,8 +28,9 @@ def test_main_command_prints_no_warning_and_ends_with_the_summary(tmp_path):
     assert labels == ["status", "method", "accuracy", "training", "forgetting", "wall", "result"], block
     assert block[1].split() == ["status", "ok"]
     assert re.fullmatch(r"accuracy +\d\.\d{3} on 100 items", block[3]), block[3]
-    assert all(phase in block[5] for phase in ("setup", "init", "train", "eval", "total")), block[5]
-    result = Path(block[6].split(maxsplit=1)[1])
+    assert re.match(r"training +\d+ optimizer steps at lr ", block[4]), block[4]
+    assert all(phase in block[6] for phase in ("setup", "init", "train", "eval", "total")), block[6]
+    result = Path(block[7].split(maxsplit=1)[1])
     assert (tmp_path / result if not result.is_absolute() else result).is_file()
     assert len(output.splitlines()) < 40, f"{len(output.splitlines())} lines: the console should be a few per phase"
 
