@@ -226,3 +226,18 @@ def test_provenance_names_the_configs_checkout_and_changes_during_the_run(tmp_pa
     assert "git_at_write" not in facts
     monkeypatch.setattr(results, "git_state", lambda root=None: {**run.git_at_start, "commit": "0" * 40})
     assert run.provenance()["git_at_write"]["commit"] == "0" * 40  # a commit landed while the run ran
+
+
+def test_every_cell_of_a_process_records_the_git_state_of_the_process_start(tmp_path, monkeypatch):
+    """A grid's later cell, begun after a commit landed, still records the code the process imported at its start
+    (``git``), and the later state beside it (``git_at_write``)."""
+    at_start = {"commit": "a" * 40, "dirty": True, "diff_sha256": "d" * 16, "checkout": "/x"}
+    landed = {**at_start, "commit": "b" * 40, "dirty": False, "diff_sha256": None}
+    monkeypatch.setattr(results, "_PROCESS_START", {})
+    monkeypatch.setattr(results, "git_state", lambda root=None: at_start)
+    assert results.git_state_at_process_start() == at_start  # what run.py asks before composing
+    monkeypatch.setattr(results, "git_state", lambda root=None: landed)  # a commit lands mid-grid
+    monkeypatch.setattr(hydra_support, "config_root", lambda: None)
+    later_cell = record.RunRecord(compose_config(tmp_path, QUICK), tmp_path / "run", [])
+    facts = later_cell.provenance()
+    assert facts["git"] == at_start and facts["git_at_write"] == landed

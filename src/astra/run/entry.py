@@ -7,13 +7,15 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
-from astra.run import console, hydra_support, runner
+from astra.run import console, hydra_support, results, runner
 from astra.run.checkpointing import resume_argv
 from astra.run.interrupts import RunInterrupted
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
-    """``resume=<run_dir>`` becomes the run's own overrides (see :func:`astra.run.checkpointing.resume_argv`)."""
+    """``resume=<run_dir>`` becomes the run's own overrides (see :func:`astra.run.checkpointing.resume_argv`); the
+    checkout's git state is taken now, as the code this process runs (every result file's ``git`` block)."""
+    results.git_state_at_process_start()
     return resume_argv(argv)
 
 

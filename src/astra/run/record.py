@@ -63,8 +63,9 @@ class RunRecord:
         self.cfg, self.run_dir, self.overrides = cfg, Path(run_dir), list(overrides)
         self.watch = Stopwatch()
         self.created = results.now_iso()
-        # Provenance as of the start: a grid that runs while commits land must record the code that ran.
-        self.git_at_start = results.git_state()
+        # Provenance as of the process start: a grid that runs while commits land must record the code that ran
+        # (imported when the process started), not the checkout's state when this cell began or ended.
+        self.git_at_start = results.git_state_at_process_start()
         self.config_root = hydra_support.config_root()
         self.status, self.error, self.interruption = "ok", None, None
         self.device: torch.device | None = None

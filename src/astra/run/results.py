@@ -55,6 +55,17 @@ def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any]:
             "checkout": top.stdout.strip() if top is not None and top.returncode == 0 else None}  # fmt: skip
 
 
+_PROCESS_START: dict[str, Any] = {}
+
+
+def git_state_at_process_start() -> dict[str, Any]:
+    """The package checkout's :func:`git_state` when this process first asked: ``run.py`` asks before composing, so
+    every cell of a multirun records the code the process imported, not a commit that landed while the grid ran."""
+    if "git" not in _PROCESS_START:
+        _PROCESS_START["git"] = git_state()
+    return _PROCESS_START["git"]
+
+
 def package_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
