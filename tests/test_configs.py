@@ -37,7 +37,8 @@ def test_every_yaml_starts_with_its_command(path):
     lines = path.read_text().splitlines()
     header = lines[: next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))]
     # Hydra reads "# @package" from the first line only, so such files give the command on line 2.
-    assert any(line.startswith("# python run.py") for line in header[:2]), f"{path} must start with its command"
+    commands = ("# python run.py", "# python -m astra.compare")  # a comparison's config: the compare command
+    assert any(line.startswith(commands) for line in header[:2]), f"{path} must start with its command"
 
 
 @pytest.mark.parametrize("group,bad", [("method", "nope"), ("task", "not_a_task"), ("model", "gpt5")])

@@ -19,11 +19,18 @@ from astra.tasks.base import get_family
 METHODS = config_groups()["method"]
 RESIDUAL = [m for m in METHODS if OmegaConf.load(CONF_DIR / "method" / f"{m}.yaml").get("residual")]
 FAST = ["trainer=debug", "logger=none", "trainer.eval_limit=4", "task.eval.max_new_tokens=8"]
+# Methods that run on one task family only, set up on a task of it (the default is a causal LM on gsm8k).
+SETTING = {"head_only": ["model=tiny_bert", "task=qnli"]}
+
+
+def fast(method):
+    """FAST, on the method's own task family where it has one (a GLUE task has no max_new_tokens)."""
+    return [*FAST[:3], *SETTING[method]] if method in SETTING else FAST
 
 
 def _setup(tmp_path, method, extra=()):
-    cfg = compose_config(tmp_path, [f"method={method}", *FAST, *extra])
-    model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.seed)
+    cfg = compose_config(tmp_path, [f"method={method}", *fast(method), *extra])
+    model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.seed, get_family(cfg.task.family).model_head(cfg.task))
     datamodule = steps.build_datamodule(cfg, get_family(cfg.task.family), tokenizer)
     return cfg, model, datamodule
 
@@ -58,11 +65,39 @@ def test_init_preserves_model_output(tmp_path, method):
         assert sum(1 for _ in lora_layers(model)) == 4 * 7  # every projection of the 4 tiny layers
 
 
+def test_head_only_trains_exactly_the_modules_adapter_arms_train_in_full(tmp_path):
+    """The control arm: after a short fit only the classifier and the pooler changed, and they are the modules
+    LoRA's run trains in full besides its adapters (PEFT modules_to_save)."""
+    cfg, model, datamodule = _setup(tmp_path, "head_only", ["optim.lr=1e-2"])
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model, report = steps.apply_method(cfg, model, datamodule.family, datamodule, torch.device("cpu"))
+    assert report["trainable_modules"] == ["bert.pooler.dense", "classifier"]
+    trainer = steps.build_trainer(cfg, torch.device("cpu"), [], [], tmp_path / "run")
+    steps.fit(steps.build_module(cfg, model, torch.device("cpu"), datamodule.family.head), datamodule, trainer)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}
+
+    lora_cfg = compose_config(tmp_path, ["method=lora", *fast("head_only")])
+    lora_model, _ = build_model_and_tokenizer(lora_cfg.model, lora_cfg.seed, datamodule.family.model_head(lora_cfg.task))
+    lora_model, _ = steps.apply_method(lora_cfg, lora_model, datamodule.family, datamodule, torch.device("cpu"))
+    full_in_lora = {name.replace("modules_to_save.default.", "").removeprefix("base_model.model.")
+                    for name, p in lora_model.named_parameters() if p.requires_grad and "lora_" not in name}  # fmt: skip
+    assert full_in_lora == changed
+
+
+def test_head_only_is_refused_where_there_is_no_classification_head(tmp_path):
+    from astra.run.validation import ConfigError, validate_run_config
+
+    cfg = compose_config(tmp_path, ["method=head_only", *FAST])  # a causal LM on gsm8k
+    with pytest.raises(ConfigError, match="method=head_only runs on tasks of task.family glue only; task=gsm8k"):
+        validate_run_config(cfg)
+
+
 def _adapter_state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k or "base_layer" in k}
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("full", "lora", "untrained")])
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("full", "lora", "untrained", "head_only")])
 def test_same_seed_gives_bit_identical_factors(tmp_path, method):
     states = []
     for _ in range(2):
@@ -120,7 +155,8 @@ def test_residual_export_loads_on_original_base(tmp_path, method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_run_end_to_end(tmp_path, method):
-    cfg = compose_config(tmp_path, [f"method={method}", "task=gsm8k", *FAST])
+    cfg = compose_config(tmp_path, [f"method={method}", "task=gsm8k", *FAST] if method not in SETTING
+                         else [f"method={method}", *fast(method)])
     runner.train(cfg, overrides=[f"method={method}"])
     (file,) = sorted((tmp_path / "results").rglob("*.json"))
     result = json.loads(file.read_text())

@@ -18,22 +18,28 @@ from astra.run.learning_rate import SCALED_RESOLVER, scaled
 
 log = logging.getLogger(__name__)
 
-# Two runs started in the same second (SLURM arrays, runs launched by hand in parallel) must never share a
-# directory. Cached, so every interpolation of one config (and Hydra's copies of it for the jobs of a
-# multirun, which copy the resolver cache as they do for ${now:}) sees the same value.
-if not OmegaConf.has_resolver("astra_uid"):
-    OmegaConf.register_new_resolver("astra_uid", lambda: uuid.uuid4().hex[:8], use_cache=True)
-# ${astra_project:}: the project folder (where conf/ and experiments/ are), so configs can name shipped files such as
-# experiments/real/qnli_split.json whatever the current directory.
-if not OmegaConf.has_resolver("astra_project"):
-    OmegaConf.register_new_resolver("astra_project", lambda: str(Path(__file__).resolve().parents[3]))
-# ${astra_or:${calibration_samples},64}: the run-wide setting when it is set, else the method's own default (an
-# experiment sweeping methods sets calibration_samples once, without giving calibration to methods that have none).
-if not OmegaConf.has_resolver("astra_or"):
-    OmegaConf.register_new_resolver("astra_or", lambda value, default: default if value is None else value)
-# ${astra_scaled:${model.lr},${method.lr_scale}}: the default optim.lr, the model's rate scaled for the method.
-if not OmegaConf.has_resolver(SCALED_RESOLVER):
-    OmegaConf.register_new_resolver(SCALED_RESOLVER, scaled)
+
+def register_resolvers() -> None:
+    """The ``${astra_...}`` resolvers the configs use; idempotent (run at import, and by anything that composes)."""
+    # Two runs started in the same second (SLURM arrays, runs launched by hand in parallel) must never share a
+    # directory. Cached, so every interpolation of one config (and Hydra's copies of it for the jobs of a
+    # multirun, which copy the resolver cache as they do for ${now:}) sees the same value.
+    if not OmegaConf.has_resolver("astra_uid"):
+        OmegaConf.register_new_resolver("astra_uid", lambda: uuid.uuid4().hex[:8], use_cache=True)
+    # ${astra_project:}: the project folder (where conf/ and experiments/ are), so configs can name shipped files such as
+    # experiments/real/qnli_split.json whatever the current directory.
+    if not OmegaConf.has_resolver("astra_project"):
+        OmegaConf.register_new_resolver("astra_project", lambda: str(Path(__file__).resolve().parents[3]))
+    # ${astra_or:${calibration_samples},64}: the run-wide setting when it is set, else the method's own default (an
+    # experiment sweeping methods sets calibration_samples once, without giving calibration to methods that have none).
+    if not OmegaConf.has_resolver("astra_or"):
+        OmegaConf.register_new_resolver("astra_or", lambda value, default: default if value is None else value)
+    # ${astra_scaled:${model.lr},${method.lr_scale}}: the default optim.lr, the model's rate scaled for the method.
+    if not OmegaConf.has_resolver(SCALED_RESOLVER):
+        OmegaConf.register_new_resolver(SCALED_RESOLVER, scaled)
+
+
+register_resolvers()
 
 
 def job_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:

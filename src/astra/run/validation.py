@@ -71,6 +71,12 @@ def validate_run_config(cfg: DictConfig) -> None:
     if not _is_int(_value(cfg, "seed")):
         raise ConfigError(f"seed={_value(cfg, 'seed')!r} is not valid: expected an integer")
     positive_finite(cfg, "optim.lr")
+    families = _value(cfg, "method.task_families")  # e.g. head_only: a classification head is what it trains
+    if families is not None and _value(cfg, "task.family") not in families:
+        raise ConfigError(
+            f"method={_value(cfg, 'method.name')} runs on tasks of task.family {', '.join(families)} only; "
+            f"task={_value(cfg, 'task.name')} is task.family={_value(cfg, 'task.family')!r} (e.g. task=qnli)"
+        )
     number_in(cfg, "optim.weight_decay", 0.0, math.inf)
     number_in(cfg, "optim.warmup_ratio", 0.0, 1.0)
     positive_int(cfg, "trainer.batch_size")

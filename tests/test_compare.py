@@ -1,0 +1,151 @@
+"""python -m astra.compare: the selection rule, the intervals against hand computations, and a whole small
+comparison (experiment=compare_smoke, the tiny BERT) through the command, checked against its own result files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from statistics import fmean
+
+import pytest
+import torch
+
+from astra.compare.__main__ import main
+from astra.compare.intervals import MDD_FACTOR, item_only_interval, two_level_interval
+from astra.compare.selection import collapse_reason, decide, widened_rate
+from astra.report.intervals import paired_interval
+
+
+def cell(score, counts=None):
+    return {"metrics": {"accuracy": score}, "prediction_counts": counts}
+
+
+def test_the_rule_excludes_collapsed_rates_and_picks_the_best_mean():
+    grid = [1e-4, 3e-4, 1e-3, 3e-3]
+    cells = {
+        (1e-4, 0): cell(0.70), (1e-4, 1): cell(0.72),
+        (3e-4, 0): cell(0.80), (3e-4, 1): cell(0.78),
+        (1e-3, 0): cell(0.90), (1e-3, 1): cell(0.50, {"0": 10}),  # one seed predicted one class: excluded
+        (3e-3, 0): cell(0.85), (3e-3, 1): cell(0.55),  # 0.55 <= the untrained model's 0.55 at seed 1: excluded
+    }  # fmt: skip
+    decision = decide(grid, cells, [0, 1], "accuracy", untrained={0: 0.5, 1: 0.55})
+    assert decision["chosen"] == 3e-4 and decision["edge"] is None  # 0.79 beats 0.71; 1e-3's 0.70 mean is out anyway
+    assert decision["rates"]["0.001"]["collapsed"] == {1: "predicted class '0' for all 10 items"}
+    assert "<= the untrained model's 0.55" in decision["rates"]["0.003"]["collapsed"][1]
+    assert decision["rates"]["0.0003"]["mean"] == pytest.approx(0.79)
+
+
+def test_the_rule_breaks_ties_low_flags_edges_and_widens_down_when_nothing_is_left():
+    tie = decide([1e-3, 3e-3, 1e-2], {(r, 0): cell(0.8) for r in (1e-3, 3e-3, 1e-2)}, [0], "accuracy", {0: 0.5})
+    assert tie["chosen"] == 1e-3 and tie["edge"] == "low"
+    high = decide([1e-3, 3e-3], {(1e-3, 0): cell(0.6), (3e-3, 0): cell(0.7)}, [0], "accuracy", {})
+    assert high["chosen"] == 3e-3 and high["edge"] == "high"
+    none = decide([1e-3], {(1e-3, 0): cell(0.5, {"1": 4})}, [0], "accuracy", {})
+    assert none["chosen"] is None and none["edge"] == "low"
+    assert widened_rate([1e-4, 3e-4, 1e-3], "high") == pytest.approx(3e-3)  # a half-decade grid stays one
+    assert widened_rate([1e-4, 3e-4, 1e-3], "low") == pytest.approx(3e-5)
+    assert widened_rate([1e-3], "low") == pytest.approx(3e-4)
+    assert widened_rate([1.25e-5, 2.5e-5], "low") == pytest.approx(6.25e-6)
+    assert collapse_reason(cell(0.9, {"0": 3, "1": 7}), "accuracy", 0.5) is None
+
+
+def outcomes(matrix):
+    return {seed: {f"item{i}": float(v) for i, v in enumerate(row)} for seed, row in enumerate(matrix)}
+
+
+def test_two_level_interval_matches_the_analytic_variance_of_resampling_seeds_and_items():
+    """For D[s, i] = a_s + b_i, resampling seeds and items independently gives a mean whose variance is exactly
+    var(a) / S + var(b) / I (population variances): the bootstrap SE must match it, and the MDD is 2.80 x SE."""
+    a = torch.tensor([0.10, -0.05, 0.20, 0.0], dtype=torch.float64)  # seed effects
+    b = torch.linspace(-0.3, 0.3, 50, dtype=torch.float64)  # item effects
+    difference = a[:, None] + b[None, :]
+    zeros = torch.zeros_like(difference)
+    interval = two_level_interval(outcomes(difference.tolist()), outcomes(zeros.tolist()), samples=40_000)
+    expected_se = math.sqrt(a.var(unbiased=False) / 4 + b.var(unbiased=False) / 50)
+    assert interval.difference == pytest.approx(float(difference.mean()))
+    assert interval.standard_error == pytest.approx(expected_se, rel=0.03)
+    assert interval.minimum_detectable == pytest.approx(MDD_FACTOR * interval.standard_error)
+    assert interval.seeds_paired and interval.items == 50
+    assert interval.low < interval.difference < interval.high
+    # Only items vary: the seed level adds nothing, and the two intervals agree
+    flat = (torch.zeros(3, 1, dtype=torch.float64) + b[None, :]).tolist()
+    two, items = (
+        two_level_interval(outcomes(flat), outcomes(zeros[:3].tolist())),
+        item_only_interval(outcomes(flat), outcomes(zeros[:3].tolist())),
+    )
+    assert two.standard_error == pytest.approx(items.standard_error, rel=0.05)
+
+
+def test_item_only_interval_is_the_reports_paired_item_bootstrap_and_seeds_unpaired_when_not_shared():
+    rng = torch.Generator().manual_seed(1)
+    a = (torch.rand(3, 40, generator=rng) > 0.3).double().tolist()
+    b = (torch.rand(3, 40, generator=rng) > 0.5).double().tolist()
+    ours = item_only_interval(outcomes(a), outcomes(b))
+    mean_a = {f"item{i}": fmean(row[i] for row in a) for i in range(40)}
+    mean_b = {f"item{i}": fmean(row[i] for row in b) for i in range(40)}
+    reference = paired_interval(mean_a, mean_b)  # the report's item bootstrap, written independently
+    assert (ours.difference, ours.low, ours.high) == pytest.approx(reference[:3])
+    moved = {seed + 10: row for seed, row in outcomes(b).items()}  # no shared seed: each side's seeds drawn alone
+    unpaired = two_level_interval(outcomes(a), moved)
+    assert not unpaired.seeds_paired and unpaired.seeds_a == 3 and unpaired.seeds_b == 3
+
+
+def results_in(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_whole_small_comparison_through_the_command(tmp_path, capsys):
+    """experiment=compare_smoke end to end: chosen rates equal the rule recomputed by hand from the selection result
+    files, a collapsed arm is excluded, the report's numbers are the test files', and a second run resumes (no cell
+    runs again)."""
+    paths = [f"paths.root_dir={tmp_path}"]
+    assert main(["experiment=compare_smoke", *paths]) == 0
+    results = tmp_path / "experiments" / "results"
+    chosen = json.loads((results / "compare_smoke" / "chosen_rates.json").read_text())
+    select = [r for r in results_in(results / "compare_smoke_select") if r["status"] == "ok"]
+    untrained = {r["seed"]: r["metrics"]["accuracy"] for r in select if r["method"] == "untrained"}
+    for arm, decision in chosen["arms"].items():
+        by_rate: dict[float, list[dict]] = {}
+        for r in select:
+            if r["method"] == arm:
+                by_rate.setdefault(r["learning_rate"], []).append(r)
+        assert sorted(by_rate) == pytest.approx(decision["grid"])
+        usable = {}
+        for rate, runs in by_rate.items():
+            constant = any(max(r["prediction_counts"].values()) == sum(r["prediction_counts"].values()) for r in runs)
+            below = any(r["metrics"]["accuracy"] <= untrained[r["seed"]] for r in runs)
+            if not (constant or below):
+                usable[rate] = fmean(r["metrics"]["accuracy"] for r in runs)
+        expected = max(sorted(usable), key=lambda rate: usable[rate]) if usable else None  # ties: the lower rate
+        assert decision["chosen"] == (pytest.approx(expected) if expected else None), arm
+    assert chosen["arms"]["head_only"]["chosen"] is None  # the tiny random encoder's head alone never learns here
+
+    test = [r for r in results_in(results / "compare_smoke_test") if r["status"] == "ok"]
+    report = json.loads((tmp_path / "experiments" / "paper" / "compare" / "compare_smoke" / "report.json").read_text())
+    for arm in ("lora", "astra"):
+        runs = {r["seed"]: r for r in test if r["method"] == arm}
+        assert sorted(runs) == [0, 1, 2] and {r["learning_rate"] for r in runs.values()} == {
+            chosen["arms"][arm]["chosen"]
+        }
+        assert report["rows"][arm]["mean"] == pytest.approx(fmean(r["metrics"]["accuracy"] for r in runs.values()))
+    astra_lora = next(c for c in report["contrasts"] if (c["a"], c["b"]) == ("astra", "lora"))
+    by_seed = {m: {r["seed"]: r["metrics"]["accuracy"] for r in test if r["method"] == m} for m in ("astra", "lora")}
+    assert astra_lora["two_level"]["difference"] == pytest.approx(
+        fmean(by_seed["astra"].values()) - fmean(by_seed["lora"].values())
+    )
+    markdown = (tmp_path / "experiments" / "paper" / "compare" / "compare_smoke" / "report.md").read_text()
+    assert "excluded: every rate collapsed" in markdown and "two-level bootstrap" in markdown
+    assert (tmp_path / "experiments" / "paper" / "compare" / "compare_smoke" / "forest.png").stat().st_size > 0
+
+    capsys.readouterr()
+    assert main(["experiment=compare_smoke", *paths]) == 0
+    assert "compare: 0 cells ran" in capsys.readouterr().out  # resumed: every cell read from its result
+
+
+def test_a_comparison_names_what_is_wrong_with_its_protocol(capsys):
+    assert main(["experiment=nlu_glue_smoke"]) == 1
+    assert "has no compare block" in capsys.readouterr().err
+    assert main(["experiment=compare_smoke", "compare.arms=[lora,nosuch]"]) == 1
+    assert "['nosuch'] not accepted" in capsys.readouterr().err
