@@ -11,9 +11,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "astra"
 
 # Higher imports lower (or its own package), never the other way. report reads result files (and their cell
-# identity from run.skip_existing); compare runs cells through run and writes its own report. calibration and telemetry never import methods, tasks or run.
+# identity from run.skip_existing); compare runs cells through run and uses report's intervals. calibration and telemetry never import methods, tasks or run.
 LAYERS = {
-    "report": 6, "compare": 6,
+    "compare": 7,
+    "report": 6,
     "run": 5,
     "tasks": 4, "methods": 4, "training": 4,
     "calibration": 3, "telemetry": 3,

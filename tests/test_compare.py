@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from astra.compare.__main__ import main
-from astra.compare.intervals import MDD_FACTOR, item_only_interval, two_level_interval
 from astra.compare.selection import collapse_reason, decide, widened_rate
 from astra.report.intervals import paired_interval
+from astra.report.seed_intervals import MDD_FACTOR, item_only_interval, two_level_interval
 
 
 def cell(score, counts=None):

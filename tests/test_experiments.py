@@ -17,7 +17,8 @@ from astra.run import runner
 from astra.run.validation import ConfigError, validate_run_config
 from astra.tasks.base import get_family
 
-EXPERIMENTS = [name for name in config_groups()["experiment"] if not name.startswith("_")]
+# Grids run by `run.py -m`; comparisons (compare_*: no sweep, run by `python -m astra.compare`) are test_compare's.
+EXPERIMENTS = [name for name in config_groups()["experiment"] if not name.startswith(("_", "compare_"))]
 ABLATIONS = config_groups()["ablation"]
 TINY = ["logger=none", "callbacks=none", "trainer.lightning.max_steps=2", "trainer.lightning.max_epochs=1",
         "trainer.eval_limit=2", "trainer.batch_size=2", "trainer.lightning.accumulate_grad_batches=1",

@@ -10,9 +10,9 @@ from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
 
-from astra.compare.intervals import BOOTSTRAP_SAMPLES, item_only_interval, two_level_interval
 from astra.compare.protocol import UNTRAINED, Protocol
 from astra.compare.selection import RULE, rate_key
+from astra.report.seed_intervals import BOOTSTRAP_SAMPLES, item_only_interval, two_level_interval
 
 OKABE_ITO = ("#0072B2", "#E69F00")  # colour-blind-safe: two-level interval, item-only interval
 

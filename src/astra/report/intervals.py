@@ -1,6 +1,8 @@
-"""Each row's difference to a baseline row (LoRA) with a 95% bootstrap confidence interval over test items.
+"""Each row's difference to a baseline row (LoRA): first with the primary interval, a two-level bootstrap over seeds
+and test items (:mod:`astra.report.seed_intervals`) and the design's minimum detectable difference, then with the
+item-only interval of earlier reports, labelled as such.
 
-Paired: only the seeds both rows have are compared (a grid still running must not set one row's three seeds against
+Item-only, paired: only the seeds both rows have are compared (a grid still running must not set one row's three seeds against
 another's one); per test item (matched by id across runs), each row's right/wrong outcome is averaged over those
 seeds, the baseline's likewise, and the per-item differences are resampled with replacement (percentile interval,
 seeded, so a table regenerates identically). Needs the ``items`` block run.py writes into result files; tasks
@@ -15,6 +17,7 @@ from typing import Any
 
 import torch
 
+from astra.report.seed_intervals import Interval, two_level_interval
 from astra.report.tables import MISSING, method_rank, row_label, varying_keys
 
 BOOTSTRAP_SAMPLES = 10_000
@@ -69,7 +72,10 @@ def difference_table(results: list[dict[str, Any]], title: str, baseline: str = 
         return None
     pooled = len(tasks) > 1  # a suite: one more column, every task's items resampled together
     columns = tasks + ([POOLED] if pooled else [])
-    lines = [f"### {title}: difference to {baseline} (×100, 95% paired bootstrap interval over test items)", "",
+    order = sorted((lb for lb in by_row if lb != base_labels[0]), key=lambda lb: (method_rank(methods[lb]), lb))
+    lines = seed_level_section(by_row, base, order, tasks, pooled, title, baseline)
+    lines += [f"### {title}: difference to {baseline}, items only (×100, 95% paired bootstrap interval over test "
+              "items; it ignores seed-to-seed spread: too narrow for a method comparison)", "",
              "| method | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]  # fmt: skip
     counts = {}
     for label in sorted(by_row, key=lambda lb: (method_rank(methods[lb]), lb)):
@@ -100,3 +106,59 @@ def _cell(interval: tuple[float, float, float, int] | None, counts: dict[str, in
     mean, low, high, n_items = interval
     counts[column] = n_items
     return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def seed_outcomes(runs: list[dict[str, Any]], prefix: str = "") -> dict[int, dict[str, float]]:
+    """Seed -> item id (with ``prefix``) -> right/wrong, from runs' ``items`` blocks."""
+    outcomes: dict[int, dict[str, float]] = defaultdict(dict)
+    for run in runs:
+        items = run.get("items") or {}
+        for item_id, correct in zip(items.get("ids", []), items.get("correct", [])):
+            outcomes[run.get("seed")][f"{prefix}{item_id}"] = float(correct)
+    return dict(outcomes)
+
+
+def seed_level_section(by_row, base, order: list[str], tasks: list[str], pooled: bool, title: str,
+                       baseline: str) -> list[str]:  # fmt: skip
+    """The primary table (two-level interval per task, and pooled for a suite) and the minimum-detectable-difference
+    table beneath it, as markdown lines."""
+    columns = tasks + ([POOLED] if pooled else [])
+    header = ["| method | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    differences, detectable, seeds_used = [], [], {}
+    for label in order:
+        row_cells, mdd_cells = [], []
+        row_all, base_all = defaultdict(dict), defaultdict(dict)
+        for task in tasks:
+            row_task, base_task = seed_outcomes(by_row[label].get(task, []), f"{task}/"), seed_outcomes(base.get(task, []), f"{task}/")
+            for seed, values in row_task.items():
+                row_all[seed].update(values)
+            for seed, values in base_task.items():
+                base_all[seed].update(values)
+            interval = two_level_interval(row_task, base_task) if row_task and base_task else None
+            row_cells.append(_two_level_cell(interval))
+            mdd_cells.append(MISSING if interval is None else f"{100 * interval.minimum_detectable:.1f}")
+            if interval is not None:
+                seeds_used[label] = interval
+        if pooled:
+            interval = two_level_interval(dict(row_all), dict(base_all)) if row_all and base_all else None
+            row_cells.append(_two_level_cell(interval))
+            mdd_cells.append(MISSING if interval is None else f"{100 * interval.minimum_detectable:.1f}")
+        differences.append(f"| {label} | " + " | ".join(row_cells) + " |")
+        detectable.append(f"| {label} | " + " | ".join(mdd_cells) + " |")
+    pairing = "; ".join(f"{label} {iv.seeds_a} paired" if iv.seeds_paired else f"{label} {iv.seeds_a} vs {iv.seeds_b}"
+                        for label, iv in seeds_used.items())  # fmt: skip
+    return [f"### {title}: difference to {baseline} (×100, 95% two-level bootstrap interval: seeds and test items)", "",
+            *header, *differences, "",
+            f"Seeds per row (paired by index with {baseline}'s where both ran at least two): {pairing}. Each of "
+            f"{BOOTSTRAP_SAMPLES} replicates draws the seeds and, independently, the items with replacement; "
+            "percentile interval, seed 0.", "",
+            f"### {title}: minimum detectable difference to {baseline} (×100; 80% power, alpha 0.05: 2.80 x the "
+            "two-level standard error)", "", *header, *detectable, "",
+            "0.0: the two rows gave the same outcome on every item at every seed, so the bootstrap has no spread to "
+            "measure; it does not mean any difference would be detected.", ""]  # fmt: skip
+
+
+def _two_level_cell(interval: Interval | None) -> str:
+    if interval is None:
+        return MISSING
+    return f"{100 * interval.difference:+.1f} [{100 * interval.low:+.1f}, {100 * interval.high:+.1f}]"

@@ -1,4 +1,4 @@
-"""The comparison's intervals: a two-level bootstrap that resamples seeds and test items (the primary interval), the
+"""Intervals for method comparisons (``python -m astra.compare`` and the report's tables): a two-level bootstrap that resamples seeds and test items (the primary interval), the
 item-only interval beside it, and the minimum detectable difference of the design.
 
 An arm's test outcomes form a matrix ``[seed, item]`` (1/0 for right/wrong, or the item's score). For a contrast
