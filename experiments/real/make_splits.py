@@ -4,7 +4,11 @@ test. Ids, not text, are shipped; the text is read from the data files at run ti
     python experiments/real/make_splits.py --data-root ../shared/data
 
 QNLI: the 5463 pairs of GLUE's QNLI dev file (sha256 ac19409d...f4fd) shuffled with seed 0: test = the first 1000,
-validation = the next 1000, train = the other 3463 (runs take a prefix of train with task.train_limit).
+validation = the next 1000, train = the other 3463 (runs take a prefix of train with task.train_limit). That split is
+by row, so 325 test rows share their question with a training row; it stays for the published results only.
+QNLI by question (``qnli_group_split.json``, issue 24): the pairs grouped by their normalised question, the groups
+shuffled with seed 0 and dealt to test (until >= 2000 rows), validation (>= 500), then train: no question in two
+splits. ``groups`` records each row's question hash, so a test checks that without the text.
 Commonsense (the decoder part): see ``commonsense_split``.
 """
 
@@ -29,6 +33,39 @@ def qnli_split(path: Path) -> dict:
     random.Random(0).shuffle(order)
     return {"source": "GLUE QNLI dev.tsv", "sha256": digest, "seed": 0,
             "test": order[:1000], "validation": order[1000:2000], "train": order[2000:]}  # fmt: skip
+
+
+GROUP_TEST_ROWS, GROUP_VALIDATION_ROWS = 2000, 500
+
+
+def question_key(question: str) -> str:
+    """A question as grouped: lower case, whitespace collapsed, trailing punctuation dropped."""
+    return " ".join(question.lower().split()).rstrip(" ?.!")
+
+
+def question_hash(question: str) -> str:
+    return hashlib.sha256(question_key(question).encode()).hexdigest()[:12]
+
+
+def qnli_group_split(path: Path) -> dict:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != QNLI_SHA256:
+        raise ValueError(f"{path}: sha256 {digest} is not GLUE's QNLI dev file ({QNLI_SHA256})")
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").split("\n")[1:] if line.strip()]
+    groups = [question_hash(row[1]) for row in rows]
+    members: dict[str, list[int]] = {}
+    for row_id, group in enumerate(groups):
+        members.setdefault(group, []).append(row_id)
+    order = sorted(members)
+    random.Random(0).shuffle(order)
+    split: dict = {"source": "GLUE QNLI dev.tsv", "sha256": digest, "seed": 0, "grouped_by": "question",
+                   "test": [], "validation": [], "train": []}  # fmt: skip
+    for group in order:
+        target = ("test" if len(split["test"]) < GROUP_TEST_ROWS
+                  else "validation" if len(split["validation"]) < GROUP_VALIDATION_ROWS else "train")  # fmt: skip
+        split[target] += members[group]
+    split["groups"] = groups
+    return split
 
 
 TRAIN_FILES = {"arc_e": "ARC-Easy", "arc_c": "ARC-Challenge", "obqa": "openbookqa", "boolq": "boolq"}
@@ -67,9 +104,10 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, required=True, help="a folder with qnli/dev.tsv")
     args = parser.parse_args()
     for name, split in (("qnli", qnli_split(args.data_root / "qnli" / "dev.tsv")),
+                        ("qnli_group", qnli_group_split(args.data_root / "qnli" / "dev.tsv")),
                         ("commonsense", commonsense_split(args.data_root))):  # fmt: skip
         (HERE / f"{name}_split.json").write_text(json.dumps(split) + "\n", encoding="utf-8")
-        print(name, {key: len(value) for key, value in split.items() if isinstance(value, list) and key != "train_files"})
+        print(name, {key: len(value) for key, value in split.items() if isinstance(value, list) and key not in ("train_files", "groups")})
 
 
 if __name__ == "__main__":
