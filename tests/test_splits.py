@@ -1,5 +1,5 @@
-"""The real comparison's row-id splits: the QNLI split by question shares no question between train, validation and
-test (checked from the recorded question hashes, without the data; and against the text where the data folder is
+"""The real comparison's row-id splits: the QNLI split by question and the decoder split (ARC-Easy, ARC-Challenge,
+OpenBookQA) share no question between train, validation and test (checked from the recorded question hashes, without the data; and against the text where the data folder is
 present); the published row split's leak is what the issue measured."""
 
 from __future__ import annotations
@@ -45,3 +45,13 @@ def test_the_recorded_question_hashes_are_the_texts():
     make_splits = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_splits)
     assert make_splits.qnli_group_split(Path(DATA)) == load("qnli_group_split.json")
+    assert make_splits.decoder_group_split(Path(DATA).parents[1]) == load("commonsense_group_split.json")
+
+
+def test_the_decoder_split_shares_no_question_between_train_validation_and_test():
+    split = load("commonsense_group_split.json")
+    hashes = {part: set(values) for part, values in split["hashes"].items()}
+    assert not hashes["train"] & hashes["validation"]
+    assert not hashes["train"] & hashes["test"] and not hashes["validation"] & hashes["test"]
+    assert len(split["train"]) >= 800 and sum(map(len, split["test"].values())) >= 1500
+    assert len(set(split["train"])) == len(split["train"])

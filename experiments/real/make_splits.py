@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import random
+import re
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -99,15 +100,61 @@ def commonsense_split(root: Path) -> dict:
     return split
 
 
+DECODER_FILES = {"arc_e": "ARC-Easy", "arc_c": "ARC-Challenge", "obqa": "openbookqa"}
+DECODER_VALIDATION_PER_BENCHMARK = 100
+TEMPLATE = "please choose the correct answer to the question:"
+
+
+def instruction_key(instruction: str) -> str:
+    """An LLM-Adapters instruction as grouped: the question alone (the answer options and the shared template
+    dropped), lower case, letters and digits only."""
+    question = instruction.split("\n\nAnswer1")[0].lower().removeprefix(TEMPLATE)
+    return " ".join(re.findall(r"[a-z0-9]+", question))
+
+
+def decoder_group_split(root: Path) -> dict:
+    """The decoder comparison (issue 24): training rows from ARC-Easy, ARC-Challenge and OpenBookQA's train.json
+    (ids into their concatenation, that order), validation = 100 questions per benchmark taken out of its training
+    rows (seed 0), test = every test item whose question appears in no training or validation row (a few dozen
+    test questions repeat a training one word for word). ``*_hashes`` record each part's question hashes, so a test
+    checks the separation without the text."""
+    rng = random.Random(0)
+    split: dict = {"seed": 0, "grouped_by": "question", "train_files": [f"{f}/train.json" for f in DECODER_FILES.values()],
+                   "train": [], "validation": {}, "test": {}}  # fmt: skip
+    seen: set[str] = set()
+    hashes: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    offset = 0
+    for benchmark, folder in DECODER_FILES.items():
+        rows = json.loads((root / folder / "train.json").read_text(encoding="utf-8"))
+        keys = [instruction_key(r["instruction"]) for r in rows]
+        groups = sorted(set(keys))
+        rng.shuffle(groups)
+        held = set(groups[:DECODER_VALIDATION_PER_BENCHMARK])
+        split["validation"][benchmark] = [i for i, k in enumerate(keys) if k in held]
+        split["train"] += [offset + i for i, k in enumerate(keys) if k not in held]
+        hashes["validation"] += [question_hash(k) for k in sorted(held)]
+        hashes["train"] += sorted({question_hash(k) for k in keys if k not in held})
+        seen |= set(keys)
+        offset += len(rows)
+    for benchmark, folder in DECODER_FILES.items():
+        rows = json.loads((root / folder / "test.json").read_text(encoding="utf-8"))
+        keys = [instruction_key(r["instruction"]) for r in rows]
+        split["test"][benchmark] = [i for i, k in enumerate(keys) if k not in seen]
+        hashes["test"] += sorted({question_hash(k) for k in keys if k not in seen})
+    split["hashes"] = {part: sorted(set(values)) for part, values in hashes.items()}
+    return split
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-root", type=Path, required=True, help="a folder with qnli/dev.tsv")
     args = parser.parse_args()
     for name, split in (("qnli", qnli_split(args.data_root / "qnli" / "dev.tsv")),
                         ("qnli_group", qnli_group_split(args.data_root / "qnli" / "dev.tsv")),
-                        ("commonsense", commonsense_split(args.data_root))):  # fmt: skip
+                        ("commonsense", commonsense_split(args.data_root)),
+                        ("commonsense_group", decoder_group_split(args.data_root))):  # fmt: skip
         (HERE / f"{name}_split.json").write_text(json.dumps(split) + "\n", encoding="utf-8")
-        print(name, {key: len(value) for key, value in split.items() if isinstance(value, list) and key not in ("train_files", "groups")})
+        print(name, {key: len(value) for key, value in split.items() if isinstance(value, (list, dict)) and key not in ("train_files", "groups", "hashes")})
 
 
 if __name__ == "__main__":
