@@ -114,13 +114,13 @@ def instruction_key(instruction: str) -> str:
 
 def decoder_group_split(root: Path) -> dict:
     """The decoder comparison (issue 24): training rows from ARC-Easy, ARC-Challenge and OpenBookQA's train.json
-    (ids into their concatenation, that order), validation = 100 questions per benchmark taken out of its training
-    rows (seed 0), test = every test item whose question appears in no training or validation row (a few dozen
+    (ids into their concatenation, that order), ``validation_<benchmark>`` = the rows of 100 questions per benchmark
+    taken out of its training rows (seed 0; ids into its train.json), ``test_<benchmark>`` (ids into its test.json) = every test item whose question appears in no training or validation row (a few dozen
     test questions repeat a training one word for word). ``*_hashes`` record each part's question hashes, so a test
     checks the separation without the text."""
     rng = random.Random(0)
     split: dict = {"seed": 0, "grouped_by": "question", "train_files": [f"{f}/train.json" for f in DECODER_FILES.values()],
-                   "train": [], "validation": {}, "test": {}}  # fmt: skip
+                   "train": []}  # fmt: skip
     seen: set[str] = set()
     hashes: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
     offset = 0
@@ -130,7 +130,7 @@ def decoder_group_split(root: Path) -> dict:
         groups = sorted(set(keys))
         rng.shuffle(groups)
         held = set(groups[:DECODER_VALIDATION_PER_BENCHMARK])
-        split["validation"][benchmark] = [i for i, k in enumerate(keys) if k in held]
+        split[f"validation_{benchmark}"] = [i for i, k in enumerate(keys) if k in held]
         split["train"] += [offset + i for i, k in enumerate(keys) if k not in held]
         hashes["validation"] += [question_hash(k) for k in sorted(held)]
         hashes["train"] += sorted({question_hash(k) for k in keys if k not in held})
@@ -139,7 +139,7 @@ def decoder_group_split(root: Path) -> dict:
     for benchmark, folder in DECODER_FILES.items():
         rows = json.loads((root / folder / "test.json").read_text(encoding="utf-8"))
         keys = [instruction_key(r["instruction"]) for r in rows]
-        split["test"][benchmark] = [i for i, k in enumerate(keys) if k not in seen]
+        split[f"test_{benchmark}"] = [i for i, k in enumerate(keys) if k not in seen]
         hashes["test"] += sorted({question_hash(k) for k in keys if k not in seen})
     split["hashes"] = {part: sorted(set(values)) for part, values in hashes.items()}
     return split
