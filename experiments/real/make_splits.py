@@ -114,28 +114,35 @@ def instruction_key(instruction: str) -> str:
 
 def decoder_group_split(root: Path) -> dict:
     """The decoder comparison (issue 24): training rows from ARC-Easy, ARC-Challenge and OpenBookQA's train.json
-    (ids into their concatenation, that order), ``validation_<benchmark>`` = the rows of 100 questions per benchmark
+    (ids into their concatenation, that order; interleaved round-robin, each file shuffled), ``validation_<benchmark>`` = the rows of 100 questions per benchmark
     taken out of its training rows (seed 0; ids into its train.json), ``test_<benchmark>`` (ids into its test.json) = every test item whose question appears in no training or validation row (a few dozen
     test questions repeat a training one word for word). ``*_hashes`` record each part's question hashes, so a test
     checks the separation without the text."""
     rng = random.Random(0)
     split: dict = {"seed": 0, "grouped_by": "question", "train_files": [f"{f}/train.json" for f in DECODER_FILES.values()],
                    "train": []}  # fmt: skip
-    seen: set[str] = set()
     hashes: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
-    offset = 0
+    keys_of, held_of = {}, {}
     for benchmark, folder in DECODER_FILES.items():
         rows = json.loads((root / folder / "train.json").read_text(encoding="utf-8"))
-        keys = [instruction_key(r["instruction"]) for r in rows]
-        groups = sorted(set(keys))
+        keys_of[benchmark] = [instruction_key(r["instruction"]) for r in rows]
+        groups = sorted(set(keys_of[benchmark]))
         rng.shuffle(groups)
-        held = set(groups[:DECODER_VALIDATION_PER_BENCHMARK])
-        split[f"validation_{benchmark}"] = [i for i, k in enumerate(keys) if k in held]
-        split["train"] += [offset + i for i, k in enumerate(keys) if k not in held]
-        hashes["validation"] += [question_hash(k) for k in sorted(held)]
-        hashes["train"] += sorted({question_hash(k) for k in keys if k not in held})
-        seen |= set(keys)
-        offset += len(rows)
+        held_of[benchmark] = set(groups[:DECODER_VALIDATION_PER_BENCHMARK])
+    held = set().union(*held_of.values())  # a validation question leaves every file's training rows
+    seen = set().union(*(set(keys) for keys in keys_of.values()))
+    pools: list[list[int]] = []
+    offset = 0
+    for benchmark, keys in keys_of.items():
+        split[f"validation_{benchmark}"] = [i for i, k in enumerate(keys) if k in held_of[benchmark]]
+        pool = [offset + i for i, k in enumerate(keys) if k not in held]
+        rng.shuffle(pool)
+        pools.append(pool)
+        hashes["validation"] += [question_hash(k) for k in held_of[benchmark]]
+        hashes["train"] += [question_hash(k) for k in keys if k not in held]
+        offset += len(keys)
+    # round-robin over the benchmarks (each shuffled), so any prefix (task.train_limit) is balanced while it lasts
+    split["train"] = [pool[k] for k in range(max(map(len, pools))) for pool in pools if k < len(pool)]
     for benchmark, folder in DECODER_FILES.items():
         rows = json.loads((root / folder / "test.json").read_text(encoding="utf-8"))
         keys = [instruction_key(r["instruction"]) for r in rows]
