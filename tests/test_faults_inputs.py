@@ -219,6 +219,7 @@ def test_provenance_names_the_configs_checkout_and_changes_during_the_run(tmp_pa
     subprocess.run(["git", "commit", "-q", "-m", "c"], cwd=clone, check=True)
     (clone / "conf" / "config.yaml").write_text("seed: 2\n")  # edited in the clone: dirty there
     monkeypatch.setattr(hydra_support, "config_root", lambda: clone / "conf")
+    monkeypatch.setattr(results, "_PROCESS_START", {})  # this test's own start, not an earlier test's
     run = record.RunRecord(compose_config(tmp_path, QUICK), tmp_path / "run", [])
     facts = run.provenance()
     assert facts["git"]["checkout"] == str(Path(results.PROJECT_ROOT).resolve())
