@@ -142,6 +142,15 @@ def test_a_whole_small_comparison_through_the_command(tmp_path, capsys):
     capsys.readouterr()
     assert main(["experiment=compare_smoke", *paths]) == 0
     assert "compare: 0 cells ran" in capsys.readouterr().out  # resumed: every cell read from its result
+    report_dir = tmp_path / "experiments" / "paper" / "compare" / "compare_smoke"
+    (report_dir / "report.md").unlink()
+    assert main(["experiment=compare_smoke", *paths, "--phase", "report"]) == 0  # reads results, runs nothing
+    assert (report_dir / "report.md").read_text() == markdown  # the same results give the same report
+
+
+def test_the_report_phase_runs_nothing_and_says_what_is_missing(tmp_path, capsys):
+    assert main(["experiment=compare_smoke", f"paths.root_dir={tmp_path}", "--phase", "report"]) == 1
+    assert "run the select phase first" in capsys.readouterr().err
 
 
 def test_a_comparison_names_what_is_wrong_with_its_protocol(capsys):

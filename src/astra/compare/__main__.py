@@ -42,8 +42,8 @@ PHASES = ("select", "test", "report", "all")
 class Session:
     """Runs cells, one progress line each, and remembers failures (a phase with a failed cell stops there)."""
 
-    def __init__(self, protocol: Protocol, dry_run: bool):
-        self.protocol, self.dry_run = protocol, dry_run
+    def __init__(self, protocol: Protocol, dry_run: bool, read_only: bool = False):
+        self.protocol, self.dry_run, self.read_only = protocol, dry_run, read_only  # read_only: --phase report
         self.log_dir = protocol.log_dir / "compare" / protocol.name
         self.failed: list[str] = []
         self.ran = self.read = 0
@@ -56,7 +56,7 @@ class Session:
                 continue
             start = time.perf_counter()
             try:
-                result, ran = run_cell(cell, self.protocol, self.log_dir)
+                result, ran = run_cell(cell, self.protocol, self.log_dir, self.read_only)
             except CellFailed as exc:
                 self.failed.append(str(exc))
                 print(f"[{index}/{len(cells)}] {cell.label()}  FAILED (see the end)", flush=True)
@@ -153,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     except ProtocolError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    session = Session(protocol, args.dry_run)
+    session = Session(protocol, args.dry_run, read_only=args.phase == "report")
     start = time.perf_counter()
     chosen = select(session) if args.phase in ("select", "all") else None
     if args.phase in ("test", "report", "all") and not session.failed and not args.dry_run:
-        chosen = chosen or read_chosen(protocol)
-        tested = test(session, chosen) if args.phase in ("test", "all", "report") else None
+        try:
+            chosen = chosen or read_chosen(protocol)
+        except ProtocolError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        tested = test(session, chosen)
         if tested is not None and args.phase in ("report", "all"):
             for path in report_module.write(protocol, tested, chosen):
                 print(f"report: {path}")

@@ -55,7 +55,7 @@ def cells_for(phase: str, arms_rates: dict[str, list[float]], seeds: list[int], 
     return cells
 
 
-def run_cell(cell: Cell, protocol: Protocol, log_dir: Path) -> tuple[dict[str, Any], bool]:
+def run_cell(cell: Cell, protocol: Protocol, log_dir: Path, read_only: bool = False) -> tuple[dict[str, Any], bool]:
     """(the cell's ``ok`` result, whether it ran now). Its console output goes to ``console.txt`` in its run
     directory; a failed cell raises :class:`CellFailed` naming that file and its result."""
     run_dir = (
@@ -69,6 +69,8 @@ def run_cell(cell: Cell, protocol: Protocol, log_dir: Path) -> tuple[dict[str, A
     existing = skip_existing.find_ok_result(folder, fingerprint)
     if existing is not None:
         return existing, False
+    if read_only:
+        raise CellFailed(f"{cell.label()} has no ok result in {folder}: run the test phase first (--phase test)")
     run_dir.mkdir(parents=True, exist_ok=True)
     error = None
     with open(run_dir / "console.txt", "w", encoding="utf-8") as console_file:
