@@ -158,3 +158,18 @@ def test_a_comparison_names_what_is_wrong_with_its_protocol(capsys):
     assert "has no compare block" in capsys.readouterr().err
     assert main(["experiment=compare_smoke", "compare.arms=[lora,nosuch]"]) == 1
     assert "['nosuch'] not accepted" in capsys.readouterr().err
+
+
+def test_the_report_flags_test_cells_from_more_than_one_code_version():
+    from types import SimpleNamespace
+
+    from astra.compare.report import code_versions, markdown
+
+    runs = [{"git": {"commit": "a" * 40, "dirty": False}}, {"git": {"commit": "b" * 40, "dirty": True, "diff_sha256": "d1"}}]
+    assert code_versions(runs) == ["a" * 40, "b" * 40 + "+dirty:d1"]
+    report = {"experiment": "x", "metric": "accuracy", "rows": {}, "excluded": {}, "contrasts": [],
+              "bootstrap_samples": 10, "test_commits": code_versions(runs)}  # fmt: skip
+    text = markdown(report, SimpleNamespace(chosen_rates_file=Path("chosen_rates.json")))
+    assert "more than one code version" in text
+    report["test_commits"] = code_versions(runs[:1])
+    assert "more than one code version" not in markdown(report, SimpleNamespace(chosen_rates_file=Path("c.json")))

@@ -77,7 +77,10 @@ def markdown(report: dict[str, Any], protocol: Protocol) -> str:
     lines = [f"# Comparison `{report['experiment']}`: {report['metric']} x 100 on the test rows", "",
              f"Rates chosen on the validation rows by the rule written in the experiment before the runs ({RULE}); "
              f"the choices and every selection cell: `{protocol.chosen_rates_file.name}`. "
-             f"Code (git, at each process start): {', '.join(report['test_commits'])}.", "",
+             f"Code (git, at each process start): {', '.join(report['test_commits'])}."
+             + (" **The test cells ran from more than one code version: a comparison's cells should come from one "
+                "commit (run it from a git worktree at a fixed commit).**" if len(report["test_commits"]) > 1 else ""),
+             "",
              "| row | rate | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd |",
              "|---|---|" + "---|" * len(seeds) + "---|---|"]  # fmt: skip
     for name, row in report["rows"].items():
