@@ -95,6 +95,7 @@ def test_write_report_tables_failed_list_figures_and_index(results_dir, tmp_path
     assert {"fx_tiny_gsm8k_train-loss.png", "fx_tiny_gsm8k_grad-norm.pdf", "fx_tiny_gsm8k_train-loss_first50.png",
             "fx_tiny_gsm8k_grad-norm_first50.pdf"} <= {p.name for p in figures}  # fmt: skip
     assert not any("rank-eff-mean_first50" in p.name for p in figures)  # effective rank: whole run only
+    assert "fx_tiny_vs_lora_forest.png" in {p.name for p in figures}  # the vs-LoRA two-level intervals, drawn
     from astra.report.figures import series_points
 
     assert series_points({"step": [1, 50, 51, 99], "value": [4, 3, 2, 1]}, 50) == ([1, 50], [4, 3])

@@ -230,3 +230,22 @@ def _bar_groups(axis, by_row, key: str, others: list[str]) -> None:
                               capsize=3, linewidth=1)  # fmt: skip
             axis.plot([position] * len(values), values, "o", color="0.15", markersize=3, fillstyle="none")
     axis.set_xticks(range(len(categories)), categories)
+
+
+def plot_forest(intervals: dict[str, Any], baseline: str, title: str, stem: Path) -> list[Path]:
+    """Each row's difference to ``baseline`` (x100) with its two-level 95% interval (seeds and items), zero marked;
+    ``intervals``: row label -> :class:`astra.report.seed_intervals.Interval`."""
+    plt = _pyplot()
+    labels = list(intervals)[::-1]
+    figure, axis = plt.subplots(figsize=(7, 0.8 + 0.4 * max(1, len(labels))))
+    for row, label in enumerate(labels):
+        interval = intervals[label]
+        axis.plot([100 * interval.low, 100 * interval.high], [row, row], color=OKABE_ITO[0], linewidth=3,
+                  solid_capstyle="butt")  # fmt: skip
+        axis.plot(100 * interval.difference, row, "o", color=OKABE_ITO[0], markersize=5)
+    axis.axvline(0.0, color="0.3", linewidth=0.8, linestyle="--")
+    axis.set_yticks(range(len(labels)), labels, fontsize=8)
+    axis.set_ylim(-0.6, len(labels) - 0.4)
+    axis.set_xlabel(f"difference to {baseline} (points), 95% two-level bootstrap interval (seeds and items)")
+    axis.set_title(title, fontsize=9)
+    return _save(figure, stem)

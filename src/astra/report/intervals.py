@@ -54,8 +54,10 @@ def paired_interval(row: dict[str, float], baseline: dict[str, float], samples: 
     return float(differences.mean()), low, high, len(common)
 
 
-def difference_table(results: list[dict[str, Any]], title: str, baseline: str = "lora") -> str | None:
-    """Markdown: rows = row labels other than the baseline, columns = tasks, cells ``+d [lo, hi]`` (×100)."""
+def difference_table(results: list[dict[str, Any]], title: str, baseline: str = "lora",
+                     headline: dict[str, Interval] | None = None) -> str | None:  # fmt: skip
+    """Markdown: rows = row labels other than the baseline, columns = tasks, cells ``+d [lo, hi]`` (×100).
+    ``headline``, when given, receives each row's two-level interval over all its items (the forest plot's)."""
     varying = varying_keys(results)
     by_row: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     methods = {}
@@ -73,7 +75,7 @@ def difference_table(results: list[dict[str, Any]], title: str, baseline: str = 
     pooled = len(tasks) > 1  # a suite: one more column, every task's items resampled together
     columns = tasks + ([POOLED] if pooled else [])
     order = sorted((lb for lb in by_row if lb != base_labels[0]), key=lambda lb: (method_rank(methods[lb]), lb))
-    lines = seed_level_section(by_row, base, order, tasks, pooled, title, baseline)
+    lines = seed_level_section(by_row, base, order, tasks, pooled, title, baseline, headline)
     lines += [f"### {title}: difference to {baseline}, items only (×100, 95% paired bootstrap interval over test "
               "items; it ignores seed-to-seed spread: too narrow for a method comparison)", "",
              "| method | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]  # fmt: skip
@@ -119,7 +121,7 @@ def seed_outcomes(runs: list[dict[str, Any]], prefix: str = "") -> dict[int, dic
 
 
 def seed_level_section(by_row, base, order: list[str], tasks: list[str], pooled: bool, title: str,
-                       baseline: str) -> list[str]:  # fmt: skip
+                       baseline: str, headline: dict[str, Interval] | None = None) -> list[str]:  # fmt: skip
     """The primary table (two-level interval per task, and pooled for a suite) and the minimum-detectable-difference
     table beneath it, as markdown lines."""
     columns = tasks + ([POOLED] if pooled else [])
@@ -143,6 +145,8 @@ def seed_level_section(by_row, base, order: list[str], tasks: list[str], pooled:
             interval = two_level_interval(dict(row_all), dict(base_all)) if row_all and base_all else None
             row_cells.append(_two_level_cell(interval))
             mdd_cells.append(MISSING if interval is None else f"{100 * interval.minimum_detectable:.1f}")
+        if headline is not None and interval is not None:  # the single task's, or the pooled one of a suite
+            headline[label] = interval
         differences.append(f"| {label} | " + " | ".join(row_cells) + " |")
         detectable.append(f"| {label} | " + " | ".join(mdd_cells) + " |")
     pairing = "; ".join(f"{label} {iv.seeds_a} paired" if iv.seeds_paired else f"{label} {iv.seeds_a} vs {iv.seeds_b}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from astra.report.figures import group_by, plot_ablations, plot_training_curves, slug
+from astra.report.figures import group_by, plot_ablations, plot_forest, plot_training_curves, slug
 from astra.report.intervals import difference_table
 from astra.report.results import expand_suites, load_results, newest_per_cell
 from astra.report.tables import Table, build_table, seeds_markdown, table_latex, table_markdown
@@ -72,12 +72,16 @@ def write_report(results_dir: str | Path, out_dir: str | Path, filters: list[str
     ok, failed, _ = split_ok(results)
     if "md" in formats:  # each row against LoRA, with paired bootstrap intervals over test items
         for (experiment, model), group in sorted(group_by(per_benchmark(ok), "experiment", "model").items(), key=str):
-            text = difference_table(group, f"{experiment}: {model}")
+            headline: dict = {}
+            text = difference_table(group, f"{experiment}: {model}", headline=headline)
             if text is not None:
                 path = out / "tables" / f"{slug(f'{experiment}_{model}')}_vs_lora.md"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text, encoding="utf-8")
                 written.append(path)
+            if figures and headline:  # the same intervals as a forest plot
+                stem = out / "figures" / f"{slug(f'{experiment}_{model}')}_vs_lora_forest"
+                written += plot_forest(headline, "lora", f"{experiment}: {model}, all test items", stem)
     if failed:
         (out / "failed.md").write_text(_failed_markdown(failed), encoding="utf-8")
         written.append(out / "failed.md")
