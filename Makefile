@@ -43,8 +43,12 @@ bench:  ## run the benchmarks (tables printed, JSON under experiments/bench/resu
 paper:  ## tables and figures from experiments/results into experiments/paper (ARGS="--filter experiment=nlg_math")
 	$(BIN)/python -m astra.report $(ARGS)
 
-paper-real:  ## the published real comparison: experiments/results/real -> experiments/paper/real (committed)
-	$(BIN)/python -m astra.report --results experiments/results/real --out experiments/paper/real
+PUBLISHED_COMPARISONS ?= compare_qnli
+
+paper-real:  ## the published comparisons' reports (experiments/paper/compare/) and the superseded first comparison
+	for name in $(PUBLISHED_COMPARISONS); do $(BIN)/python -m astra.compare experiment=$$name --phase report || exit 1; done
+	$(BIN)/python -m astra.report --results experiments/results/real/superseded/first_comparison \
+		--out experiments/paper/superseded/first_comparison
 
 clean:  ## remove logs and caches (never experiments/results)
 	rm -rf logs .pytest_cache

@@ -1,8 +1,11 @@
-"""The published real comparison (issue 11): its committed tables regenerate, byte for byte, from the committed result
-files (``make paper-real``), so no number in experiments/paper/real/ can drift from the runs behind it."""
+"""The published comparisons regenerate, byte for byte, from the committed result files (``make paper-real``), so no
+published number can drift from the runs behind it: each comparison of the Makefile's ``PUBLISHED_COMPARISONS``
+(its report under experiments/paper/compare/, from a clean clone's configs) and the superseded first comparison's
+tables (issue 11, experiments/paper/superseded/first_comparison/)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,10 +13,29 @@ import pytest
 from astra.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS, PUBLISHED = ROOT / "experiments" / "results" / "real", ROOT / "experiments" / "paper" / "real"
+RESULTS = ROOT / "experiments" / "results" / "real" / "superseded" / "first_comparison"
+PUBLISHED = ROOT / "experiments" / "paper" / "superseded" / "first_comparison"
 
 
-@pytest.mark.skipif(not (PUBLISHED / "tables").is_dir(), reason="no published real-comparison tables yet")
+def _published_comparisons() -> list[str]:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    return re.search(r"^PUBLISHED_COMPARISONS \?= (.+)$", makefile, re.MULTILINE).group(1).split()
+
+
+@pytest.mark.parametrize("name", _published_comparisons())
+def test_published_comparison_reports_regenerate_from_the_committed_results(name, tmp_path):
+    from astra.compare.__main__ import main
+
+    published = ROOT / "experiments" / "paper" / "compare" / name
+    assert (published / "report.md").is_file(), f"{name} is in PUBLISHED_COMPARISONS but has no report: run make paper-real"
+    status = main([f"experiment={name}", "--phase", "report", f"compare.report_dir={tmp_path / 'report'}",
+                   f"paths.results_dir={ROOT / 'experiments' / 'results'}", f"paths.log_dir={tmp_path / 'logs'}"])  # fmt: skip
+    assert status == 0
+    for file in ("report.md", "report.json"):
+        regenerated = (tmp_path / "report" / file).read_text(encoding="utf-8")
+        assert regenerated == (published / file).read_text(encoding="utf-8"), f"{name}/{file}: run `make paper-real`"
+
+
 def test_published_tables_regenerate_from_the_committed_results(tmp_path):
     write_report(RESULTS, tmp_path, figures=False)
     regenerated = {p.relative_to(tmp_path): p.read_text(encoding="utf-8") for p in (tmp_path / "tables").iterdir()}

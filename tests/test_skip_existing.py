@@ -73,9 +73,8 @@ PUBLISHED_RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "resul
 
 def published_results() -> list[dict]:
     found = []
-    for path in sorted(PUBLISHED_RESULTS.rglob("*.json")):
-        if "superseded" not in path.parts:
-            found.append({**json.loads(path.read_text(encoding="utf-8")), "path": str(path)})
+    for path in sorted(PUBLISHED_RESULTS.rglob("*.json")):  # the superseded ones too: they stay readable
+        found.append({**json.loads(path.read_text(encoding="utf-8")), "path": str(path)})
     return found
 
 
@@ -114,3 +113,13 @@ def test_a_committed_cell_composed_today_is_recognised(tmp_path):
     found = skip_existing.find_ok_result(Path(result["path"]).parent, skip_existing.fingerprint_of(cfg))
     assert found is not None, "today's config for a committed cell no longer matches its result"
     assert found["seed"] == result["seed"] and found["method"] == "lora"
+
+
+def test_a_comparisons_protocol_is_not_part_of_the_cell():
+    """The ``compare`` block (grids, contrasts, the report folder, resolved under whichever checkout ran it) says which
+    cells a comparison has, not what one computes: a report composed in a clean clone finds the cells run elsewhere."""
+    base = _config(PROJECT_ROOT)
+    ran = {**base, "compare": {"report_dir": "/work/main/experiments/paper/compare/c", "rates": {"default": [1e-4]}}}
+    today = {**base, "compare": {"report_dir": "./experiments/paper/compare/c", "rates": {"default": [1e-4, 3e-4]}}}
+    assert config_fingerprint(ran) == config_fingerprint(today) == config_fingerprint(base)
+    assert config_fingerprint({**today, "seed": 1}) != config_fingerprint(today)

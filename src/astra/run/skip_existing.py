@@ -3,7 +3,8 @@ failed multirun resumes where it stopped when it is launched again.
 
 The identity of a cell is a hash of its resolved config (the ``config`` every result file records) without the
 keys that say where and how a run is logged rather than what it computes: ``paths`` (run and result
-directories), ``logger``, ``resume`` and ``skip_existing`` itself. The project folder (``${astra_project:}``, e.g. in
+directories), ``logger``, ``resume``, ``skip_existing`` itself and ``compare`` (a comparison's protocol, which the
+``astra.compare`` command reads: its grids and report folder say which cells exist, not what one computes). The project folder (``${astra_project:}``, e.g. in
 ``task.row_ids.file``) is hashed as that placeholder, not as its absolute path, so a clone elsewhere recognises the
 committed results; each result records its ``project_root`` for that, and for results written before it did, the root
 is read off a recorded path naming a file the project ships. A stored result's identity is always recomputed from its
@@ -27,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-NOT_PART_OF_THE_CELL = ("paths", "logger", "resume", "skip_existing")
+NOT_PART_OF_THE_CELL = ("paths", "logger", "resume", "skip_existing", "compare")
 CHOICES = ("auto", True, False)
 SKIPPED_FILE = "skipped.json"  # in the job directory of a skipped cell: which result stands for it
 PROJECT_ROOT = str(Path(__file__).resolve().parents[3])  # what ${astra_project:} resolves to (hydra_support)
