@@ -173,3 +173,33 @@ def test_the_report_flags_test_cells_from_more_than_one_code_version():
     assert "more than one code version" in text
     report["test_commits"] = code_versions(runs[:1])
     assert "more than one code version" not in markdown(report, SimpleNamespace(chosen_rates_file=Path("c.json")))
+
+
+def test_a_second_column_is_reported_from_the_cells_secondary_items():
+    """compare.secondary_metrics: the same rows and contrasts from each cell's ``secondary_items`` (e.g. the
+    log-likelihood scoring of a generation run), hand-checked; a column the cells did not score is a clear error."""
+    from types import SimpleNamespace
+
+    from astra.compare.protocol import ProtocolError
+    from astra.compare.report import build, markdown
+
+    def result(primary, second, path="r.json"):
+        ids = [str(k) for k in range(len(primary))]
+        return {"path": path, "metrics": {"accuracy": fmean(primary), "loglikelihood_accuracy": fmean(second)},
+                "items": {"ids": ids, "correct": primary},
+                "secondary_items": {"loglikelihood_accuracy": {"ids": ids, "correct": second}}}  # fmt: skip
+
+    test = {"lora": {0: result([1, 0, 1, 0], [1, 1, 0, 0]), 1: result([1, 1, 1, 0], [1, 0, 0, 0])},
+            "astra": {0: result([1, 1, 1, 0], [1, 1, 1, 0]), 1: result([0, 1, 1, 0], [1, 1, 0, 0])}}  # fmt: skip
+    protocol = SimpleNamespace(name="x", metric="accuracy", contrasts=[("astra", "lora")], chosen_rates_file=Path("c.json"),
+                               secondary_metrics=["loglikelihood_accuracy"])  # fmt: skip
+    chosen = {"arms": {"lora": {"chosen": 1e-3}, "astra": {"chosen": 3e-4}}}
+    report = build(protocol, test, chosen)
+    second = report["secondary"]["loglikelihood_accuracy"]
+    assert second["rows"]["lora"]["per_seed"] == {0: 0.5, 1: 0.25} and second["rows"]["astra"]["mean"] == 0.625
+    assert second["contrasts"][0]["two_level"]["difference"] == pytest.approx(0.625 - 0.375)
+    assert report["contrasts"][0]["two_level"]["difference"] == pytest.approx(0.625 - 0.625)  # the first column
+    assert "## Second column: `loglikelihood_accuracy`" in markdown(report, protocol)
+    del test["astra"][1]["secondary_items"]
+    with pytest.raises(ProtocolError, match="no per-item outcomes for 'loglikelihood_accuracy'"):
+        build(protocol, test, chosen)

@@ -123,3 +123,13 @@ def test_a_comparisons_protocol_is_not_part_of_the_cell():
     today = {**base, "compare": {"report_dir": "./experiments/paper/compare/c", "rates": {"default": [1e-4, 3e-4]}}}
     assert config_fingerprint(ran) == config_fingerprint(today) == config_fingerprint(base)
     assert config_fingerprint({**today, "seed": 1}) != config_fingerprint(today)
+
+
+def test_a_setting_added_later_is_not_hashed_at_its_default():
+    """``task.eval.also_loglikelihood: false`` (added after the commonsense cells were recorded) keeps their identity;
+    turning it on makes another cell."""
+    recorded = {**_config(PROJECT_ROOT), "task": {"eval": {"protocol": "generation"}}}
+    today = {**recorded, "task": {"eval": {"protocol": "generation", "also_loglikelihood": False}}}
+    second_column = {**recorded, "task": {"eval": {"protocol": "generation", "also_loglikelihood": True}}}
+    assert config_fingerprint(today) == config_fingerprint(recorded) != config_fingerprint(second_column)
+    assert today["task"]["eval"]["also_loglikelihood"] is False  # the input is not changed

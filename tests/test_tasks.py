@@ -205,3 +205,23 @@ def test_a_suite_trains_once_and_scores_every_benchmark(tmp_path):
     assert metrics["accuracy"] == pytest.approx(sum(metrics[f"accuracy_{b}"] for b in benchmarks) / len(benchmarks))
     assert result["steps_done"] == 5  # one training for all eight
     assert [item.split("-")[0] for item in result["items"]["ids"]] == [b for b in benchmarks for _ in range(2)]
+
+
+def test_the_log_likelihood_column_scores_the_same_items_as_a_log_likelihood_run(tmp_path):
+    """``also_loglikelihood``: the generation run's second column equals, item for item, what a run scored by
+    log-likelihood gives for the same training (same seed, CPU-deterministic), and the first column is unchanged."""
+    common = ["task=commonsense_suite", "task.benchmarks=[arc_e,obqa]", "method=lora", *QUICK, "trainer.eval_limit=3"]
+    runs = {}
+    for name, extra in (("both", ["task.eval.protocol=generation", "task.eval.max_new_tokens=4",
+                                  "task.eval.also_loglikelihood=true"]),
+                        ("generation", ["task.eval.protocol=generation", "task.eval.max_new_tokens=4"]),
+                        ("loglikelihood", [])):  # fmt: skip
+        runner.train(compose_config(tmp_path / name, [*common, *extra]), overrides=[])
+        runs[name] = json.loads((tmp_path / name / "run" / "result.json").read_text())
+    both, ll = runs["both"], runs["loglikelihood"]
+    for key in ("accuracy", "accuracy_arc_e", "accuracy_obqa"):
+        assert both["metrics"][f"loglikelihood_{key}"] == ll["metrics"][key]
+        assert both["metrics"][key] == runs["generation"]["metrics"][key]
+    assert both["secondary_items"]["loglikelihood_accuracy"] == ll["items"]
+    assert both["items"] == runs["generation"]["items"] and "secondary_items" not in runs["generation"]
+    assert len(both["items"]["ids"]) == 6

@@ -164,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         tested = test(session, chosen)
         if tested is not None and args.phase in ("report", "all"):
-            for path in report_module.write(protocol, tested, chosen):
+            try:
+                written = report_module.write(protocol, tested, chosen)
+            except ProtocolError as exc:  # e.g. a secondary metric the cells did not score
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            for path in written:
                 print(f"report: {path}")
     elif args.dry_run and args.phase in ("test", "all"):
         print("(the test phase's cells depend on the rates the select phase chooses)")

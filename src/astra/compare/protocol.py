@@ -38,6 +38,7 @@ class Protocol:
     log_dir: Path  # the cells' run directories: <log_dir>/compare/<name>/<phase>/...
     report_dir: Path
     user_overrides: list[str] = field(default_factory=list)
+    secondary_metrics: list[str] = field(default_factory=list)  # reported beside the metric; the rule never reads them
 
     def phase_name(self, phase: str) -> str:
         return f"{self.name}_{phase}"
@@ -99,6 +100,10 @@ def load_protocol(experiment: str, user_overrides: list[str]) -> Protocol:
     widen = block.get("widen_steps", 1)
     if not isinstance(widen, int) or isinstance(widen, bool) or widen < 0:
         raise ProtocolError(f"compare.widen_steps={widen!r} is not valid: expected an integer >= 0")
+    secondary = block.get("secondary_metrics") or []
+    if not isinstance(secondary, list) or not all(isinstance(m, str) and m for m in secondary):
+        raise ProtocolError(f"compare.secondary_metrics={secondary!r} is not valid: expected a list of metric names "
+                            "(e.g. [loglikelihood_accuracy], with task.eval.also_loglikelihood: true)")  # fmt: skip
     select, test = block.get("select") or {}, block.get("test") or {}
     return Protocol(
         experiment=experiment, name=str(cfg.experiment_name), arms=arms, rates=rates, untrained=untrained,
@@ -107,5 +112,5 @@ def load_protocol(experiment: str, user_overrides: list[str]) -> Protocol:
         test_overrides=[str(o) for o in test.get("overrides") or []],
         contrasts=contrasts, widen_steps=widen, metric=str(cfg.task.eval.primary_metric),
         results_dir=Path(str(cfg.paths.results_dir)), log_dir=Path(str(cfg.paths.log_dir)), report_dir=Path(str(block.get("report_dir"))),
-        user_overrides=list(user_overrides),
+        user_overrides=list(user_overrides), secondary_metrics=list(secondary),
     )  # fmt: skip

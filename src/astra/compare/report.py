@@ -10,36 +10,46 @@ from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
 
-from astra.compare.protocol import UNTRAINED, Protocol
+from astra.compare.protocol import UNTRAINED, Protocol, ProtocolError
 from astra.compare.selection import RULE, rate_key
 from astra.report.seed_intervals import BOOTSTRAP_SAMPLES, item_only_interval, two_level_interval
 
 OKABE_ITO = ("#0072B2", "#E69F00")  # colour-blind-safe: two-level interval, item-only interval
 
 
-def per_item_outcomes(result: dict[str, Any]) -> dict[str, float]:
-    """Item id -> 1.0 / 0.0 (right / wrong) from a result's ``items`` block."""
-    items = result.get("items") or {}
+def per_item_outcomes(result: dict[str, Any], column: str | None = None) -> dict[str, float]:
+    """Item id -> 1.0 / 0.0 (right / wrong) from a result's ``items`` block, or for a second column (e.g.
+    ``loglikelihood_accuracy``) from its ``secondary_items`` block."""
+    items = result.get("items") if column is None else (result.get("secondary_items") or {}).get(column)
+    if column is not None and items is None:
+        raise ProtocolError(f"{result.get('path', 'a test cell')} has no per-item outcomes for {column!r} (its "
+                            "secondary_items): compare.secondary_metrics names a column its task did not score "
+                            "(for loglikelihood_accuracy: task.eval.also_loglikelihood: true)")  # fmt: skip
+    items = items or {}
     return {str(i): float(c) for i, c in zip(items.get("ids", []), items.get("correct", []))}
 
 
-def build(protocol: Protocol, test: dict[str, dict[int, dict[str, Any]]], chosen: dict[str, Any]) -> dict[str, Any]:
-    """``test``: row -> seed -> result. The report's numbers (``report.json``)."""
+def _column(protocol: Protocol, test: dict[str, dict[int, dict[str, Any]]], chosen: dict[str, Any], metric: str,
+            column: str | None) -> dict[str, Any]:  # fmt: skip
+    """Rows (per-seed values, mean, sd) and contrasts (two-level and item-only intervals) of one metric."""
     rows = {}
     for row, by_seed in test.items():
-        scores = {seed: by_seed[seed]["metrics"][protocol.metric] for seed in sorted(by_seed)}
+        missing = [seed for seed, result in by_seed.items() if metric not in result["metrics"]]
+        if missing:
+            raise ProtocolError(f"row {row} seeds {missing} have no metric {metric!r} in their results")
+        scores = {seed: by_seed[seed]["metrics"][metric] for seed in sorted(by_seed)}
         rows[row] = {"rate": None if row == UNTRAINED else chosen["arms"][row]["chosen"],
                      "per_seed": scores, "mean": fmean(scores.values()),
                      "sd": stdev(scores.values()) if len(scores) > 1 else None,
-                     "items": len(per_item_outcomes(next(iter(by_seed.values()))))}  # fmt: skip
+                     "items": len(per_item_outcomes(next(iter(by_seed.values())), column))}  # fmt: skip
     contrasts = []
     for a, b in protocol.contrasts:
         entry: dict[str, Any] = {"a": a, "b": b}
         if a not in test or b not in test:
             entry["missing"] = [row for row in (a, b) if row not in test]
         else:
-            outcomes_a = {s: per_item_outcomes(r) for s, r in test[a].items()}
-            outcomes_b = {s: per_item_outcomes(r) for s, r in test[b].items()}
+            outcomes_a = {s: per_item_outcomes(r, column) for s, r in test[a].items()}
+            outcomes_b = {s: per_item_outcomes(r, column) for s, r in test[b].items()}
             two_level, item_only = (
                 two_level_interval(outcomes_a, outcomes_b),
                 item_only_interval(outcomes_a, outcomes_b),
@@ -47,10 +57,19 @@ def build(protocol: Protocol, test: dict[str, dict[int, dict[str, Any]]], chosen
             entry["two_level"] = two_level.as_dict() if two_level else None
             entry["item_only"] = item_only.as_dict() if item_only else None
         contrasts.append(entry)
+    return {"rows": rows, "contrasts": contrasts}
+
+
+def build(protocol: Protocol, test: dict[str, dict[int, dict[str, Any]]], chosen: dict[str, Any]) -> dict[str, Any]:
+    """``test``: row -> seed -> result. The report's numbers (``report.json``)."""
+    primary = _column(protocol, test, chosen, protocol.metric, None)
     excluded = {arm: "every rate collapsed in selection" for arm, d in chosen["arms"].items() if d["chosen"] is None}
-    return {"experiment": protocol.name, "metric": protocol.metric, "rule": RULE, "rows": rows,
-            "contrasts": contrasts, "excluded": excluded, "bootstrap_samples": BOOTSTRAP_SAMPLES,
-            "test_commits": code_versions(r for s in test.values() for r in s.values())}  # fmt: skip
+    report = {"experiment": protocol.name, "metric": protocol.metric, "rule": RULE, **primary,
+              "excluded": excluded, "bootstrap_samples": BOOTSTRAP_SAMPLES,
+              "test_commits": code_versions(r for s in test.values() for r in s.values())}  # fmt: skip
+    if protocol.secondary_metrics:
+        report["secondary"] = {m: _column(protocol, test, chosen, m, m) for m in protocol.secondary_metrics}
+    return report
 
 
 def code_versions(results) -> list[str]:
@@ -72,30 +91,26 @@ def _interval(entry: dict[str, Any] | None) -> str:
     return f"{100 * entry['difference']:+.1f} [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}]"
 
 
-def markdown(report: dict[str, Any], protocol: Protocol) -> str:
-    seeds = sorted({seed for row in report["rows"].values() for seed in row["per_seed"]})
-    lines = [f"# Comparison `{report['experiment']}`: {report['metric']} x 100 on the test rows", "",
-             f"Rates chosen on the validation rows by the rule written in the experiment before the runs ({RULE}); "
-             f"the choices and every selection cell: `{protocol.chosen_rates_file.name}`. "
-             f"Code (git, at each process start): {', '.join(report['test_commits'])}."
-             + (" **The test cells ran from more than one code version: a comparison's cells should come from one "
-                "commit (run it from a git worktree at a fixed commit).**" if len(report["test_commits"]) > 1 else ""),
-             "",
-             "| row | rate | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd |",
+def _rows_table(rows: dict[str, Any], excluded: dict[str, str]) -> list[str]:
+    seeds = sorted({seed for row in rows.values() for seed in row["per_seed"]})
+    lines = ["| row | rate | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd |",
              "|---|---|" + "---|" * len(seeds) + "---|---|"]  # fmt: skip
-    for name, row in report["rows"].items():
+    for name, row in rows.items():
         cells = [_points(row["per_seed"].get(seed)) for seed in seeds]
         rate = "(untrained)" if row["rate"] is None else rate_key(row["rate"])
         lines.append(
             f"| {name} | {rate} | " + " | ".join(cells) + f" | {_points(row['mean'])} | {_points(row['sd'])} |"
         )
-    for arm, why in report["excluded"].items():
+    for arm, why in excluded.items():
         lines.append(f"| {arm} | - | " + " | ".join("-" for _ in seeds) + f" | excluded: {why} | |")
-    lines += ["", "## Contrasts (x 100)", "",
-              "| contrast | difference | 95% interval, seeds and items (two-level bootstrap) | 95% interval, items only "
-              "| minimum detectable difference (80% power) | seeds | items |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for entry in report["contrasts"]:
+    return lines
+
+
+def _contrasts_table(contrasts: list[dict[str, Any]]) -> list[str]:
+    lines = ["| contrast | difference | 95% interval, seeds and items (two-level bootstrap) | 95% interval, items only "
+             "| minimum detectable difference (80% power) | seeds | items |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for entry in contrasts:
         name = f"{entry['a']} - {entry['b']}"
         if "missing" in entry or not entry.get("two_level"):
             lines.append(
@@ -106,6 +121,22 @@ def markdown(report: dict[str, Any], protocol: Protocol) -> str:
         seeds_text = f"{two['seeds_a']} paired" if two["seeds_paired"] else f"{two['seeds_a']} / {two['seeds_b']}"
         lines.append(f"| {name} | {100 * two['difference']:+.1f} | {_interval(two)} | {_interval(items)} | "
                      f"{100 * two['minimum_detectable']:.1f} | {seeds_text} | {two['items']} |")  # fmt: skip
+    return lines
+
+
+def markdown(report: dict[str, Any], protocol: Protocol) -> str:
+    lines = [f"# Comparison `{report['experiment']}`: {report['metric']} x 100 on the test rows", "",
+             f"Rates chosen on the validation rows by the rule written in the experiment before the runs ({RULE}); "
+             f"the choices and every selection cell: `{protocol.chosen_rates_file.name}`. "
+             f"Code (git, at each process start): {', '.join(report['test_commits'])}."
+             + (" **The test cells ran from more than one code version: a comparison's cells should come from one "
+                "commit (run it from a git worktree at a fixed commit).**" if len(report["test_commits"]) > 1 else ""),
+             "", *_rows_table(report["rows"], report["excluded"]),
+             "", "## Contrasts (x 100)", "", *_contrasts_table(report["contrasts"])]  # fmt: skip
+    for metric, column in (report.get("secondary") or {}).items():
+        lines += ["", f"## Second column: `{metric}` x 100", "",
+                  f"The same test cells scored a second way; the rates were chosen on `{report['metric']}` alone.",
+                  "", *_rows_table(column["rows"], report["excluded"]), "", *_contrasts_table(column["contrasts"])]  # fmt: skip
     lines += ["", f"Two-level bootstrap: {report['bootstrap_samples']} replicates, each drawing the seeds and, "
               "independently, the test items with replacement (seeds paired by index when both rows ran them, items "
               "always paired); percentile interval, generator seed 0. Items only: each item's outcome averaged over "

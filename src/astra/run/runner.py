@@ -97,6 +97,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             evaluation = steps.evaluate(cfg, model, tokenizer, family, datamodule, device, run_dir)
         record.facts["metrics"], record.facts["eval_samples"] = evaluation["metrics"], evaluation["samples"]
         record.facts["items"] = evaluation["items"]  # per-item right/wrong, for paired intervals in the report
+        if evaluation.get("secondary_items"):  # a second scoring of the same items (commonsense: log-likelihood)
+            record.facts["secondary_items"] = evaluation["secondary_items"]
         record.facts["prediction_counts"] = evaluation.get("prediction_counts")  # classification: per class
         train_loss = results.loss_summary(record.module.loss_history())
         record.facts["warnings"] += collapse_warnings(evaluation, train_loss, rate, cfg.method.get("trains", True))

@@ -55,16 +55,21 @@ HISTORICAL_TARGETS = {
 # ``method.init.eigensolver``. Hashing them too would add nothing and would change the identity of every cell
 # recorded before they existed. A new derived input adds a line here.
 DERIVED_INPUTS = (("method", "lr_scale"), ("eigensolver",))
-# Settings added after results were recorded whose null value is exactly the behaviour before them: null is not
-# hashed, so the cells recorded before them (which pin null) keep their identity; any other value is hashed.
-ABSENT_WHEN_NULL = (("model", "min_train_steps"),)
+# Settings added after results were recorded whose default is exactly the behaviour before them: that value is not
+# hashed, so the cells recorded before them (which lack the key, or pin the default) keep their identity; any other
+# value is hashed. A new setting of that kind adds a line here.
+UNHASHED_DEFAULTS = {
+    ("model", "min_train_steps"): None,
+    ("task", "eval", "also_loglikelihood"): False,  # commonsense: the second, log-likelihood column (off)
+}
 
 
 def without_derived_inputs(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` without :data:`DERIVED_INPUTS` and without the :data:`ABSENT_WHEN_NULL` keys that are null (a
-    shallow copy along their paths; the input is not changed)."""
+    """``config`` without :data:`DERIVED_INPUTS` and without the :data:`UNHASHED_DEFAULTS` keys that hold their
+    default (a shallow copy along their paths; the input is not changed)."""
     config = dict(config)
-    for path, only_null in [*((p, False) for p in DERIVED_INPUTS), *((p, True) for p in ABSENT_WHEN_NULL)]:
+    unset = object()
+    for path, default in [*((p, unset) for p in DERIVED_INPUTS), *UNHASHED_DEFAULTS.items()]:
         node = config
         for key in path[:-1]:
             if not isinstance(node.get(key), dict):
@@ -72,7 +77,7 @@ def without_derived_inputs(config: dict[str, Any]) -> dict[str, Any]:
             node[key] = dict(node[key])
             node = node[key]
         else:
-            if not only_null or (path[-1] in node and node[path[-1]] is None):
+            if default is unset or (path[-1] in node and node[path[-1]] is default):
                 node.pop(path[-1], None)
     return config
 

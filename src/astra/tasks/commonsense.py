@@ -9,7 +9,11 @@ formatted with the Alpaca prompt, the loss on ``output``. Two evaluation protoco
   the trained model (``lm_eval_runner``); ``accuracy`` is lm-eval's ``acc`` (``acc_norm`` is kept too).
 - ``generation``: the LLM-Adapters protocol most LoRA papers report: greedy decoding after the Alpaca prompt
   of the benchmark's instruction, the first option word in the output ("solution1", "true", ...) compared
-  with the gold one.
+  with the gold one. ``task.eval.also_loglikelihood: true`` scores the same items by log-likelihood too, in the same
+  run: metrics ``loglikelihood_accuracy`` (and ``loglikelihood_accuracy_<benchmark>`` in a suite), per-item outcomes
+  under ``secondary_items.loglikelihood_accuracy``, records in ``<records>_loglikelihood.jsonl``. A fine-tune that
+  only teaches the answer template moves the first column and not the second; one that changes what the model
+  knows moves both.
 """
 
 from __future__ import annotations
@@ -91,27 +95,40 @@ class CommonsenseFamily(TaskFamily):
         protocol = task_cfg.eval.protocol
         if protocol not in PROTOCOLS:
             raise ValueError(f"task.eval.protocol={protocol!r} is not valid; expected one of {list(PROTOCOLS)}")
+        output = self._evaluate(model, tokenizer, examples, task_cfg, settings, protocol, settings.records_path)
+        if protocol == "generation" and task_cfg.eval.get("also_loglikelihood", False):
+            path = settings.records_path
+            second = self._evaluate(model, tokenizer, examples, task_cfg, settings, "loglikelihood",
+                                    path.with_name(f"{path.stem}_loglikelihood{path.suffix}") if path else None)  # fmt: skip
+            output["metrics"].update({f"loglikelihood_{key}": value for key, value in second["metrics"].items()
+                                      if key.startswith("accuracy")})  # fmt: skip
+            output["secondary_items"] = {"loglikelihood_accuracy": second["items"]}
+        return output
+
+    def _evaluate(self, model, tokenizer, examples: list[Example], task_cfg: Any, settings: EvalSettings,
+                  protocol: str, records_path: Path | None) -> dict:  # fmt: skip
         benchmarks = suite_benchmarks(task_cfg)
         if not benchmarks:
-            records, metrics = self._score(model, tokenizer, examples, task_cfg, settings, spec(task_cfg.benchmark, task_cfg))
-            write_records(settings.records_path, records)
+            benchmark = spec(task_cfg.benchmark, task_cfg)
+            records, metrics = self._score(model, tokenizer, examples, task_cfg, settings, benchmark, protocol)
+            write_records(records_path, records)
             return {"metrics": metrics, "samples": records[:3], "items": item_outcomes(records)}
         # A suite: each benchmark scored on its own items (the first ``limit`` of each); ``accuracy`` is their mean.
         records, metrics = [], {}
-        for benchmark in benchmarks:
-            items = [e for e in examples if e.meta["task"] == benchmark]
-            scored, scores = self._score(model, tokenizer, items, task_cfg, settings, spec(benchmark, task_cfg))
-            records += [{"benchmark": benchmark, **record} for record in scored]
-            metrics[f"accuracy_{benchmark}"] = scores["accuracy"]
+        for name in benchmarks:
+            items = [e for e in examples if e.meta["task"] == name]
+            scored, scores = self._score(model, tokenizer, items, task_cfg, settings, spec(name, task_cfg), protocol)
+            records += [{"benchmark": name, **record} for record in scored]
+            metrics[f"accuracy_{name}"] = scores["accuracy"]
         metrics["accuracy"] = sum(metrics[f"accuracy_{b}"] for b in benchmarks) / len(benchmarks)
         metrics["n_eval"] = float(len(records))
-        write_records(settings.records_path, records)
+        write_records(records_path, records)
         return {"metrics": metrics, "samples": records[:3], "items": item_outcomes(records)}
 
     def _score(self, model, tokenizer, examples: list[Example], task_cfg: Any, settings: EvalSettings,
-               benchmark: CommonsenseBenchmark) -> tuple[list[dict], dict]:  # fmt: skip
+               benchmark: CommonsenseBenchmark, protocol: str) -> tuple[list[dict], dict]:  # fmt: skip
         examples = examples[: settings.limit] if settings.limit else examples
-        if task_cfg.eval.protocol == "loglikelihood":
+        if protocol == "loglikelihood":
             work_dir = (settings.records_path.parent if settings.records_path else Path(".")) / "lm_eval"
             scored = score_multiple_choice(model, tokenizer, benchmark, [e.meta for e in examples], work_dir,
                                            batch_size=int(task_cfg.eval.batch_size))  # fmt: skip
