@@ -12,9 +12,8 @@ from typing import Any
 
 from astra.compare.protocol import UNTRAINED, Protocol, ProtocolError
 from astra.compare.selection import RULE, rate_key
+from astra.report.figures import plot_forest
 from astra.report.seed_intervals import BOOTSTRAP_SAMPLES, item_only_interval, two_level_interval
-
-OKABE_ITO = ("#0072B2", "#E69F00")  # colour-blind-safe: two-level interval, item-only interval
 
 
 def per_item_outcomes(result: dict[str, Any], column: str | None = None) -> dict[str, float]:
@@ -149,34 +148,12 @@ def markdown(report: dict[str, Any], protocol: Protocol) -> str:
 
 def forest_plot(report: dict[str, Any], path: Path) -> list[Path]:
     """Each contrast a row: the two-level interval (thick) and the item-only one (thin, below it), zero marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = [e for e in report["contrasts"] if e.get("two_level")]
-    figure, axes = plt.subplots(figsize=(7.0, 0.9 + 0.6 * max(1, len(shown))))
-    for row, entry in enumerate(reversed(shown)):
-        for offset, key, colour, width, label in ((0.12, "two_level", OKABE_ITO[0], 4.0, "seeds and items (two-level)"),
-                                                  (-0.12, "item_only", OKABE_ITO[1], 1.5, "items only")):  # fmt: skip
-            interval = entry[key]
-            axes.plot([100 * interval["low"], 100 * interval["high"]], [row + offset] * 2, color=colour,
-                      linewidth=width, solid_capstyle="butt", label=label if row == 0 else None)  # fmt: skip
-            axes.plot(100 * interval["difference"], row + offset, "o", color=colour, markersize=5)
-    axes.axvline(0.0, color="0.3", linewidth=0.8, linestyle="--")
-    axes.set_yticks(range(len(shown)), [f"{e['a']} - {e['b']}" for e in reversed(shown)])
-    axes.set_ylim(-0.6, len(shown) - 0.4)
-    axes.set_xlabel(f"difference in {report['metric']} (points), 95% interval")
-    axes.set_title(f"{report['experiment']}: contrasts on the test rows")
-    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for suffix in (".png", ".pdf"):
-        metadata = {"CreationDate": None} if suffix == ".pdf" else None  # regenerating is a no-op in git
-        figure.savefig(path.with_suffix(suffix), dpi=120, bbox_inches="tight", metadata=metadata)
-        written.append(path.with_suffix(suffix))
-    plt.close(figure)
-    return written
+    rows = {f"{e['a']} - {e['b']}": {name: (e[key]["difference"], e[key]["low"], e[key]["high"])
+                                     for key, name in (("two_level", "seeds and items (two-level)"),
+                                                       ("item_only", "items only")) if e.get(key)}
+            for e in report["contrasts"] if e.get("two_level")}  # fmt: skip
+    return plot_forest(rows, f"difference in {report['metric']} (points), 95% interval",
+                       f"{report['experiment']}: contrasts on the test rows", path)  # fmt: skip
 
 
 def write(protocol: Protocol, test: dict[str, dict[int, dict[str, Any]]], chosen: dict[str, Any]) -> list[Path]:

@@ -232,20 +232,30 @@ def _bar_groups(axis, by_row, key: str, others: list[str]) -> None:
     axis.set_xticks(range(len(categories)), categories)
 
 
-def plot_forest(intervals: dict[str, Any], baseline: str, title: str, stem: Path) -> list[Path]:
-    """Each row's difference to ``baseline`` (x100) with its two-level 95% interval (seeds and items), zero marked;
-    ``intervals``: row label -> :class:`astra.report.seed_intervals.Interval`."""
+def plot_forest(rows: dict[str, dict[str, tuple[float, float, float]]], xlabel: str, title: str,
+                stem: Path) -> list[Path]:  # fmt: skip
+    """A forest plot: ``rows``: label -> series -> (difference, low, high) as fractions, drawn x100, top to bottom in
+    order; the first series thick, the others thin and offset below it, with a legend (outside) when there are
+    several; zero marked."""
     plt = _pyplot()
-    labels = list(intervals)[::-1]
-    figure, axis = plt.subplots(figsize=(7, 0.8 + 0.4 * max(1, len(labels))))
+    labels = list(rows)[::-1]
+    series = list(dict.fromkeys(name for row in rows.values() for name in row))
+    offsets = [0.12 * (len(series) - 1) - 0.24 * k for k in range(len(series))]  # one series: on the row
+    figure, axis = plt.subplots(figsize=(7, 0.8 + (0.4 if len(series) == 1 else 0.6) * max(1, len(labels))))
     for row, label in enumerate(labels):
-        interval = intervals[label]
-        axis.plot([100 * interval.low, 100 * interval.high], [row, row], color=OKABE_ITO[0], linewidth=3,
-                  solid_capstyle="butt")  # fmt: skip
-        axis.plot(100 * interval.difference, row, "o", color=OKABE_ITO[0], markersize=5)
+        for k, name in enumerate(series):
+            if name not in rows[label]:
+                continue
+            difference, low, high = rows[label][name]
+            y, colour = row + offsets[k], OKABE_ITO[k % len(OKABE_ITO)]
+            axis.plot([100 * low, 100 * high], [y, y], color=colour, linewidth=3 if k == 0 else 1.5,
+                      solid_capstyle="butt", label=name if row == 0 else None)  # fmt: skip
+            axis.plot(100 * difference, y, "o", color=colour, markersize=5)
     axis.axvline(0.0, color="0.3", linewidth=0.8, linestyle="--")
     axis.set_yticks(range(len(labels)), labels, fontsize=8)
     axis.set_ylim(-0.6, len(labels) - 0.4)
-    axis.set_xlabel(f"difference to {baseline} (points), 95% two-level bootstrap interval (seeds and items)")
+    axis.set_xlabel(xlabel)
     axis.set_title(title, fontsize=9)
+    if len(series) > 1:
+        legend_outside(axis)
     return _save(figure, stem)

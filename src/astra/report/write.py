@@ -81,7 +81,9 @@ def write_report(results_dir: str | Path, out_dir: str | Path, filters: list[str
                 written.append(path)
             if figures and headline:  # the same intervals as a forest plot
                 stem = out / "figures" / f"{slug(f'{experiment}_{model}')}_vs_lora_forest"
-                written += plot_forest(headline, "lora", f"{experiment}: {model}, all test items", stem)
+                rows = {label: {"two-level": (i.difference, i.low, i.high)} for label, i in headline.items()}
+                xlabel = "difference to lora (points), 95% two-level bootstrap interval (seeds and items)"
+                written += plot_forest(rows, xlabel, f"{experiment}: {model}, all test items", stem)
     if failed:
         (out / "failed.md").write_text(_failed_markdown(failed), encoding="utf-8")
         written.append(out / "failed.md")
