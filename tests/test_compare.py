@@ -203,3 +203,27 @@ def test_a_second_column_is_reported_from_the_cells_secondary_items():
     del test["astra"][1]["secondary_items"]
     with pytest.raises(ProtocolError, match="no per-item outcomes for 'loglikelihood_accuracy'"):
         build(protocol, test, chosen)
+
+
+def test_the_report_shows_what_the_rule_saw():
+    """The selection table: every rate's mean validation score, a star where a seed collapsed, the chosen rate bold,
+    an arm with no rate left said so."""
+    from types import SimpleNamespace
+
+    from astra.compare.report import build, markdown
+
+    def rates(**cells):
+        return {key: {"rate": float(key), "mean": mean, "collapsed": dict.fromkeys(bad, "why"), "scores": {}}
+                for key, (mean, bad) in cells.items()}  # fmt: skip
+
+    chosen = {"seeds": [0, 1], "untrained": {"0": 0.504, "1": 0.494},
+              "arms": {"lora": {"chosen": 1e-3, "rates": rates(**{"0.0001": (0.513, []), "0.001": (0.791, []),
+                                                                  "0.003": (0.476, ["0", "1"])})},
+                       "head_only": {"chosen": None, "rates": rates(**{"0.001": (0.49, ["1"])})}}}  # fmt: skip
+    protocol = SimpleNamespace(name="x", metric="accuracy", contrasts=[], chosen_rates_file=Path("c.json"),
+                               secondary_metrics=[])  # fmt: skip
+    lines = markdown(build(protocol, {}, chosen), protocol).splitlines()
+    assert "| arm | 0.0001 | 0.001 | 0.003 | chosen |" in lines
+    assert "| lora | 51.3 | **79.1** | 47.6* | 0.001 |" in lines
+    assert "| head_only |  | 49.0* |  | none (every rate collapsed) |" in lines
+    assert any("Untrained: seed 0 50.4, seed 1 49.4." in line for line in lines)

@@ -68,6 +68,13 @@ def build(protocol: Protocol, test: dict[str, dict[int, dict[str, Any]]], chosen
               "test_commits": code_versions(r for s in test.values() for r in s.values())}  # fmt: skip
     if protocol.secondary_metrics:
         report["secondary"] = {m: _column(protocol, test, chosen, m, m) for m in protocol.secondary_metrics}
+    report["selection"] = {  # what the rule saw: every grid's mean validation score, collapses, the choice
+        "seeds": chosen.get("seeds"), "untrained": chosen.get("untrained"),
+        "arms": {arm: {"chosen": d["chosen"],
+                       "rates": {key: {"mean": cell["mean"], "collapsed_seeds": sorted(cell["collapsed"])}
+                                 for key, cell in (d.get("rates") or {}).items()}}
+                 for arm, d in chosen["arms"].items()},
+    }  # fmt: skip
     return report
 
 
@@ -123,6 +130,29 @@ def _contrasts_table(contrasts: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _selection_table(selection: dict[str, Any] | None) -> list[str]:
+    if not selection or not selection["arms"]:
+        return []
+    rates = sorted({float(key) for arm in selection["arms"].values() for key in arm["rates"]})
+    lines = ["", "## Selection on the validation rows (x 100)", "",
+             f"Mean over seeds {selection['seeds']} of each rate; `*`: a seed collapsed there (one predicted class, "
+             "or a score at or below the untrained model's at that seed), so the rate was excluded; **bold**: the "
+             "rate chosen. Untrained: " + ", ".join(f"seed {seed} {_points(score)}"
+                                                     for seed, score in (selection["untrained"] or {}).items()) + ".",
+             "", "| arm | " + " | ".join(rate_key(rate) for rate in rates) + " | chosen |",
+             "|---|" + "---|" * len(rates) + "---|"]  # fmt: skip
+    for arm, entry in selection["arms"].items():
+        cells = []
+        for rate in rates:
+            cell = next((c for key, c in entry["rates"].items() if float(key) == rate), None)
+            text = "" if cell is None else _points(cell["mean"]) + ("*" if cell["collapsed_seeds"] else "")
+            chosen = entry["chosen"] is not None and cell is not None and float(rate_key(entry["chosen"])) == rate
+            cells.append(f"**{text}**" if chosen else text)
+        verdict = rate_key(entry["chosen"]) if entry["chosen"] is not None else "none (every rate collapsed)"
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {verdict} |")
+    return lines
+
+
 def markdown(report: dict[str, Any], protocol: Protocol) -> str:
     lines = [f"# Comparison `{report['experiment']}`: {report['metric']} x 100 on the test rows", "",
              f"Rates chosen on the validation rows by the rule written in the experiment before the runs ({RULE}); "
@@ -136,6 +166,7 @@ def markdown(report: dict[str, Any], protocol: Protocol) -> str:
         lines += ["", f"## Second column: `{metric}` x 100", "",
                   f"The same test cells scored a second way; the rates were chosen on `{report['metric']}` alone.",
                   "", *_rows_table(column["rows"], report["excluded"]), "", *_contrasts_table(column["contrasts"])]  # fmt: skip
+    lines += _selection_table(report.get("selection"))
     lines += ["", f"Two-level bootstrap: {report['bootstrap_samples']} replicates, each drawing the seeds and, "
               "independently, the test items with replacement (seeds paired by index when both rows ran them, items "
               "always paired); percentile interval, generator seed 0. Items only: each item's outcome averaged over "
