@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="experiment=<name> (required) and Hydra overrides for every cell")
     parser.add_argument("--phase", choices=PHASES, default="all", help="run one phase (default: all three)")
     parser.add_argument("--dry-run", action="store_true", help="print the phase's run.py commands, run nothing")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after --phase
     experiments = [o.split("=", 1)[1] for o in args.overrides if o.startswith("experiment=")]
     if len(experiments) != 1:
         parser.error("give exactly one experiment=<name> (a config of conf/experiment/ with a compare block)")
