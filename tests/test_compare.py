@@ -50,6 +50,24 @@ def test_the_rule_breaks_ties_low_flags_edges_and_widens_down_when_nothing_is_le
     assert collapse_reason(cell(0.9, {"0": 3, "1": 7}), "accuracy", 0.5) is None
 
 
+def test_the_worst_seed_rule_prefers_the_rate_every_seed_trains_at():
+    """select.statistic: worst_seed: the rate whose lowest seed is best (here 3e-4: 0.74 against 1e-3's 0.66,
+    though 1e-3 has the better mean, 0.714 against 0.707 — the published compare_qnli astra_random pair); the mean
+    breaks a tie of lowest scores; a collapsed rate is still out."""
+    grid = [1e-4, 3e-4, 1e-3, 3e-3]
+    cells = {
+        (1e-4, 0): cell(0.506), (1e-4, 1): cell(0.538),
+        (3e-4, 0): cell(0.670), (3e-4, 1): cell(0.744),
+        (1e-3, 0): cell(0.660), (1e-3, 1): cell(0.768),
+        (3e-3, 0): cell(0.95), (3e-3, 1): cell(0.476, {"0": 500}),
+    }  # fmt: skip
+    assert decide(grid, cells, [0, 1], "accuracy", {0: 0.5, 1: 0.5})["chosen"] == 1e-3
+    worst = decide(grid, cells, [0, 1], "accuracy", {0: 0.5, 1: 0.5}, statistic="worst_seed")
+    assert worst["chosen"] == 3e-4 and worst["edge"] is None
+    tied = {(1e-4, 0): cell(0.7), (1e-4, 1): cell(0.7), (3e-4, 0): cell(0.7), (3e-4, 1): cell(0.8)}
+    assert decide([1e-4, 3e-4], tied, [0, 1], "accuracy", {}, statistic="worst_seed")["chosen"] == 3e-4
+
+
 def outcomes(matrix):
     return {seed: {f"item{i}": float(v) for i, v in enumerate(row)} for seed, row in enumerate(matrix)}
 
@@ -158,6 +176,8 @@ def test_a_comparison_names_what_is_wrong_with_its_protocol(capsys):
     assert "has no compare block" in capsys.readouterr().err
     assert main(["experiment=compare_smoke", "compare.arms=[lora,nosuch]"]) == 1
     assert "['nosuch'] not accepted" in capsys.readouterr().err
+    assert main(["experiment=compare_smoke", "compare.select.statistic=median"]) == 1
+    assert "compare.select.statistic='median' is not valid: expected one of mean, worst_seed" in capsys.readouterr().err
 
 
 def test_the_report_flags_test_cells_from_more_than_one_code_version():
@@ -167,7 +187,7 @@ def test_the_report_flags_test_cells_from_more_than_one_code_version():
 
     runs = [{"git": {"commit": "a" * 40, "dirty": False}}, {"git": {"commit": "b" * 40, "dirty": True, "diff_sha256": "d1"}}]
     assert code_versions(runs) == ["a" * 40, "b" * 40 + "+dirty:d1"]
-    report = {"experiment": "x", "metric": "accuracy", "rows": {}, "excluded": {}, "contrasts": [],
+    report = {"experiment": "x", "metric": "accuracy", "rule": "the rule", "rows": {}, "excluded": {}, "contrasts": [],
               "bootstrap_samples": 10, "test_commits": code_versions(runs)}  # fmt: skip
     text = markdown(report, SimpleNamespace(chosen_rates_file=Path("chosen_rates.json")))
     assert "more than one code version" in text
@@ -227,3 +247,14 @@ def test_the_report_shows_what_the_rule_saw():
     assert "| lora | 51.3 | **79.1** | 47.6* | 0.001 |" in lines
     assert "| head_only |  | 49.0* |  | none (every rate collapsed) |" in lines
     assert any("Untrained: seed 0 50.4, seed 1 49.4." in line for line in lines)
+    assert any("by the rule written in the experiment before the runs (best mean validation score" in line
+               for line in lines)  # fmt: skip
+    # select.statistic: worst_seed: each cell shows the lowest seed first, and the rule says what it maximised
+    chosen["statistic"] = "worst_seed"
+    for arm in chosen["arms"].values():
+        for cell_ in arm["rates"].values():
+            cell_["scores"] = {"0": cell_["mean"] - 0.01, "1": cell_["mean"] + 0.01}
+    lines = markdown(build(protocol, {}, chosen), protocol).splitlines()
+    assert "| lora | 50.3 / 51.3 | **78.1 / 79.1** | 46.6 / 47.6* | 0.001 |" in lines
+    assert any(line.startswith("Lowest score over seeds [0, 1] / mean of each rate") for line in lines)
+    assert any("(best worst-seed validation score" in line for line in lines)

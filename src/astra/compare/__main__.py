@@ -33,7 +33,7 @@ console.quiet_third_party(sys.argv)  # before the noisy imports, as run.py does 
 from astra.compare import report as report_module  # noqa: E402
 from astra.compare.cells import Cell, CellFailed, cells_for, run_cell  # noqa: E402
 from astra.compare.protocol import UNTRAINED, Protocol, ProtocolError, load_protocol  # noqa: E402
-from astra.compare.selection import RULE, decide, rate_key, widened_rate  # noqa: E402
+from astra.compare.selection import decide, rate_key, rule_text, widened_rate  # noqa: E402
 from astra.run import results  # noqa: E402
 
 PHASES = ("select", "test", "report", "all")
@@ -83,7 +83,8 @@ def select(session: Session) -> dict[str, Any] | None:
         decisions = {}
         for arm in protocol.arms:
             cells = {(c.rate, c.seed): r for c, r in done.items() if c.arm == arm}
-            decisions[arm] = decide(grids[arm], cells, protocol.select_seeds, protocol.metric, untrained)
+            decisions[arm] = decide(grids[arm], cells, protocol.select_seeds, protocol.metric, untrained,
+                                   protocol.select_statistic)
         to_widen = {
             arm: d["edge"] for arm, d in decisions.items() if d["edge"] and len(widenings[arm]) < protocol.widen_steps
         }
@@ -97,7 +98,8 @@ def select(session: Session) -> dict[str, Any] | None:
             extra[arm] = [rate]
             print(f"select: {arm}'s best rate is on the grid's {side} edge: widening to {rate_key(rate)}", flush=True)
         done.update(session.run(cells_for("select", extra, protocol.select_seeds, untrained=False)))
-    chosen = {"experiment": protocol.experiment, "experiment_name": protocol.name, "rule": RULE,
+    chosen = {"experiment": protocol.experiment, "experiment_name": protocol.name,
+              "rule": rule_text(protocol.select_statistic), "statistic": protocol.select_statistic,
               "metric": protocol.metric, "seeds": protocol.select_seeds, "untrained": untrained, "arms": {}}  # fmt: skip
     for arm, decision in decisions.items():
         chosen["arms"][arm] = {**decision, "grid": sorted(grids[arm]), "widened_to": widenings[arm],

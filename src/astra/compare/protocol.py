@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from astra.compare.selection import STATISTICS
 from astra.run import hydra_support
 from astra.run.skip_existing import PROJECT_ROOT
 
@@ -39,6 +40,7 @@ class Protocol:
     report_dir: Path
     user_overrides: list[str] = field(default_factory=list)
     secondary_metrics: list[str] = field(default_factory=list)  # reported beside the metric; the rule never reads them
+    select_statistic: str = "mean"  # what the rule maximises over a rate's seeds (astra.compare.selection.STATISTICS)
 
     def phase_name(self, phase: str) -> str:
         return f"{self.name}_{phase}"
@@ -105,6 +107,10 @@ def load_protocol(experiment: str, user_overrides: list[str]) -> Protocol:
         raise ProtocolError(f"compare.secondary_metrics={secondary!r} is not valid: expected a list of metric names "
                             "(e.g. [loglikelihood_accuracy], with task.eval.also_loglikelihood: true)")  # fmt: skip
     select, test = block.get("select") or {}, block.get("test") or {}
+    statistic = select.get("statistic", "mean")
+    if statistic not in STATISTICS:
+        raise ProtocolError(f"compare.select.statistic={statistic!r} is not valid: expected one of "
+                            f"{', '.join(STATISTICS)}")  # fmt: skip
     return Protocol(
         experiment=experiment, name=str(cfg.experiment_name), arms=arms, rates=rates, untrained=untrained,
         select_seeds=_seeds(select.get("seeds", 2), "select.seeds"), test_seeds=_seeds(test.get("seeds", 5), "test.seeds"),
@@ -112,5 +118,5 @@ def load_protocol(experiment: str, user_overrides: list[str]) -> Protocol:
         test_overrides=[str(o) for o in test.get("overrides") or []],
         contrasts=contrasts, widen_steps=widen, metric=str(cfg.task.eval.primary_metric),
         results_dir=Path(str(cfg.paths.results_dir)), log_dir=Path(str(cfg.paths.log_dir)), report_dir=Path(str(block.get("report_dir"))),
-        user_overrides=list(user_overrides), secondary_metrics=list(secondary),
+        user_overrides=list(user_overrides), secondary_metrics=list(secondary), select_statistic=statistic,
     )  # fmt: skip

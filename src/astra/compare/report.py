@@ -11,7 +11,7 @@ from statistics import fmean, stdev
 from typing import Any
 
 from astra.compare.protocol import UNTRAINED, Protocol, ProtocolError
-from astra.compare.selection import RULE, rate_key
+from astra.compare.selection import rate_key, rule_text
 from astra.report.figures import plot_forest
 from astra.report.seed_intervals import BOOTSTRAP_SAMPLES, item_only_interval, two_level_interval
 
@@ -63,7 +63,8 @@ def build(protocol: Protocol, test: dict[str, dict[int, dict[str, Any]]], chosen
     """``test``: row -> seed -> result. The report's numbers (``report.json``)."""
     primary = _column(protocol, test, chosen, protocol.metric, None)
     excluded = {arm: "every rate collapsed in selection" for arm, d in chosen["arms"].items() if d["chosen"] is None}
-    report = {"experiment": protocol.name, "metric": protocol.metric, "rule": RULE, **primary,
+    statistic = chosen.get("statistic", "mean")  # chosen-rates files written before select.statistic: the mean
+    report = {"experiment": protocol.name, "metric": protocol.metric, "rule": rule_text(statistic), **primary,
               "excluded": excluded, "bootstrap_samples": BOOTSTRAP_SAMPLES,
               "test_commits": code_versions(r for s in test.values() for r in s.values())}  # fmt: skip
     if protocol.secondary_metrics:
@@ -71,10 +72,13 @@ def build(protocol: Protocol, test: dict[str, dict[int, dict[str, Any]]], chosen
     report["selection"] = {  # what the rule saw: every grid's mean validation score, collapses, the choice
         "seeds": chosen.get("seeds"), "untrained": chosen.get("untrained"),
         "arms": {arm: {"chosen": d["chosen"],
-                       "rates": {key: {"mean": cell["mean"], "collapsed_seeds": sorted(cell["collapsed"])}
+                       "rates": {key: {"mean": cell["mean"], "collapsed_seeds": sorted(cell["collapsed"]),
+                                       **({"worst_seed": min(cell["scores"].values())} if statistic != "mean" else {})}
                                  for key, cell in (d.get("rates") or {}).items()}}
                  for arm, d in chosen["arms"].items()},
     }  # fmt: skip
+    if statistic != "mean":
+        report["selection"]["statistic"] = statistic
     return report
 
 
@@ -134,8 +138,10 @@ def _selection_table(selection: dict[str, Any] | None) -> list[str]:
     if not selection or not selection["arms"]:
         return []
     rates = sorted({float(key) for arm in selection["arms"].values() for key in arm["rates"]})
+    worst = selection.get("statistic") == "worst_seed"  # the rule maximised the lowest score: shown first
+    shown = f"Lowest score over seeds {selection['seeds']} / mean" if worst else f"Mean over seeds {selection['seeds']}"
     lines = ["", "## Selection on the validation rows (x 100)", "",
-             f"Mean over seeds {selection['seeds']} of each rate; `*`: a seed collapsed there (one predicted class, "
+             f"{shown} of each rate; `*`: a seed collapsed there (one predicted class, "
              "or a score at or below the untrained model's at that seed), so the rate was excluded; **bold**: the "
              "rate chosen. Untrained: " + ", ".join(f"seed {seed} {_points(score)}"
                                                      for seed, score in (selection["untrained"] or {}).items()) + ".",
@@ -145,7 +151,10 @@ def _selection_table(selection: dict[str, Any] | None) -> list[str]:
         cells = []
         for rate in rates:
             cell = next((c for key, c in entry["rates"].items() if float(key) == rate), None)
-            text = "" if cell is None else _points(cell["mean"]) + ("*" if cell["collapsed_seeds"] else "")
+            value = "" if cell is None else _points(cell["mean"])
+            if cell is not None and worst:
+                value = f"{_points(cell['worst_seed'])} / {value}"
+            text = "" if cell is None else value + ("*" if cell["collapsed_seeds"] else "")
             chosen = entry["chosen"] is not None and cell is not None and float(rate_key(entry["chosen"])) == rate
             cells.append(f"**{text}**" if chosen else text)
         verdict = rate_key(entry["chosen"]) if entry["chosen"] is not None else "none (every rate collapsed)"
@@ -155,7 +164,7 @@ def _selection_table(selection: dict[str, Any] | None) -> list[str]:
 
 def markdown(report: dict[str, Any], protocol: Protocol) -> str:
     lines = [f"# Comparison `{report['experiment']}`: {report['metric']} x 100 on the test rows", "",
-             f"Rates chosen on the validation rows by the rule written in the experiment before the runs ({RULE}); "
+             f"Rates chosen on the validation rows by the rule written in the experiment before the runs ({report['rule']}); "
              f"the choices and every selection cell: `{protocol.chosen_rates_file.name}`. "
              f"Code (git, at each process start): {', '.join(report['test_commits'])}."
              + (" **The test cells ran from more than one code version: a comparison's cells should come from one "

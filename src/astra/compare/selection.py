@@ -4,7 +4,9 @@
 2. A cell **collapsed** when its classifier predicted one class for every validation item, or its score is at or
    below the untrained model's score with the same seed (the untrained row runs with every selection seed).
 3. A rate at which any seed collapsed is excluded. Of the remaining rates, the one with the best mean validation
-   score over the seeds is chosen (a tie goes to the lower rate: the safer side of a collapse).
+   score over the seeds is chosen (a tie goes to the lower rate: the safer side of a collapse). With
+   ``select.statistic: worst_seed`` the best *lowest* score over the seeds is chosen instead (the mean breaks a
+   tie): a rate where one seed trains late or badly loses to a rate where every seed trains.
 4. If the chosen rate is the grid's lowest or highest, the grid is widened by one step on that side (the ratio of
    the two rates at that edge) and the rule is applied again, ``widen_steps`` times at most (default 1). If every
    rate was excluded, the grid is widened downwards. A best rate still on an edge afterwards is chosen and flagged.
@@ -18,11 +20,19 @@ import math
 from statistics import fmean
 from typing import Any
 
-RULE = (
-    "best mean validation score over the selection seeds; a rate is excluded if any seed collapsed there "
-    "(one predicted class for every item, or a score at or below the untrained model's with that seed); ties go to "
-    "the lower rate; a best rate on the grid's edge widens the grid by one step on that side (widen_steps times)"
-)
+STATISTICS = {  # select.statistic: what "best" means among the rates no seed collapsed at
+    "mean": "best mean validation score over the selection seeds",
+    "worst_seed": "best worst-seed validation score (the lowest score over the selection seeds; the mean breaks a tie)",
+}
+
+
+def rule_text(statistic: str = "mean") -> str:
+    """The rule in words, as the chosen-rates file and the report state it."""
+    return (
+        f"{STATISTICS[statistic]}; a rate is excluded if any seed collapsed there (one predicted class for every "
+        "item, or a score at or below the untrained model's with that seed); ties go to the lower rate; a best rate "
+        "on the grid's edge widens the grid by one step on that side (widen_steps times)"
+    )
 
 
 def rate_key(rate: float) -> str:
@@ -65,7 +75,7 @@ def widened_rate(grid: list[float], side: str) -> float:
 
 
 def decide(grid: list[float], cells: dict[tuple[float, int], dict[str, Any]], seeds: list[int], metric: str,
-           untrained: dict[int, float]) -> dict[str, Any]:  # fmt: skip
+           untrained: dict[int, float], statistic: str = "mean") -> dict[str, Any]:  # fmt: skip
     """One arm's decision from its selection cells ``(rate, seed) -> result``. Every (rate, seed) of the grid must
     have a result (the caller runs missing cells first). Returns the per-rate table and ``chosen`` (None: nothing
     left), ``edge`` ('low' / 'high' / None: where the grid would widen)."""
@@ -83,7 +93,10 @@ def decide(grid: list[float], cells: dict[tuple[float, int], dict[str, Any]], se
     usable = [row for row in per_rate.values() if not row["collapsed"]]
     if not usable:
         return {"rates": per_rate, "chosen": None, "edge": "low"}
-    best = max(usable, key=lambda row: (row["mean"], -row["rate"]))  # a tie: the lower rate
+    if statistic == "worst_seed":
+        best = max(usable, key=lambda row: (min(row["scores"].values()), row["mean"], -row["rate"]))
+    else:
+        best = max(usable, key=lambda row: (row["mean"], -row["rate"]))  # a tie: the lower rate
     ordered = sorted(grid)
     edge = "low" if same_rate(best["rate"], ordered[0]) else "high" if same_rate(best["rate"], ordered[-1]) else None
     return {"rates": per_rate, "chosen": best["rate"], "edge": edge}
