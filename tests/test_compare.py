@@ -258,3 +258,23 @@ def test_the_report_shows_what_the_rule_saw():
     assert "| lora | 50.3 / 51.3 | **78.1 / 79.1** | 46.6 / 47.6* | 0.001 |" in lines
     assert any(line.startswith("Lowest score over seeds [0, 1] / mean of each rate") for line in lines)
     assert any("(best worst-seed validation score" in line for line in lines)
+
+
+COMPARISONS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("compare_*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", COMPARISONS)
+def test_every_shipped_comparison_composes_into_a_valid_protocol(experiment):
+    from astra.compare.protocol import load_protocol
+
+    protocol = load_protocol(experiment, [])
+    assert protocol.arms and all(protocol.rates[arm] for arm in protocol.arms)
+    assert len(protocol.select_seeds) >= 1 and len(protocol.test_seeds) >= 1
+    assert all(a in [*protocol.arms, "untrained"] and b in [*protocol.arms, "untrained"] for a, b in protocol.contrasts)
+    if experiment == "compare_qnli_worst_seed":  # the re-run differs from compare_qnli only where its config says
+        base = load_protocol("compare_qnli", [])
+        assert (protocol.select_statistic, base.select_statistic) == ("worst_seed", "mean")
+        assert (len(protocol.select_seeds), len(base.select_seeds)) == (3, 2)
+        assert (protocol.arms, protocol.contrasts, protocol.test_seeds) == (base.arms, base.contrasts, base.test_seeds)
+        assert protocol.rates["astra_random"] == [1e-4, 3e-4, 1e-3]
+        assert protocol.name == "compare_qnli_worst_seed"
