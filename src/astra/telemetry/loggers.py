@@ -141,7 +141,7 @@ def log_summary(loggers: list[Logger], summary: Mapping[str, Any]) -> None:
 
 def finish_loggers(loggers: list[Logger], failed: bool, summary: Mapping[str, Any] | None = None) -> None:
     """Write ``summary`` (if any), finalise every logger and always call ``wandb.finish`` for W&B loggers
-    (exit code 1 when ``failed``). Never raises: problems are logged, so the caller's own error (if any)
+    (exit code 1 when ``failed``), then ``wandb.teardown`` so the offline run file is complete. Never raises: problems are logged, so the caller's own error (if any)
     is the one that propagates."""
     if summary:
         try:
@@ -166,7 +166,10 @@ def finish_loggers(loggers: list[Logger], failed: bool, summary: Mapping[str, An
                 if experiment is not None and experiment is not wandb.run and hasattr(experiment, "finish"):
                     experiment.finish(exit_code=code)
             wandb.finish(exit_code=code)
-        except Exception:
+            # finish() can return before the W&B service has flushed the offline run file; teardown waits for
+            # the service to exit, so the run's data is on disk when this returns (the next run starts a new one).
+            wandb.teardown(exit_code=code)
+        except (Exception, SystemExit):  # teardown exits the process when the service failed: log it instead
             log.exception("wandb.finish failed")
         finally:
             restore_wandb_env()
