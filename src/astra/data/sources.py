@@ -122,10 +122,11 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 def _file_split(path: str | Path, reader: Any = None, what: str = "data file") -> SplitRows:
-    """JSON / JSON Lines through the generic reader; any other format through the task family's ``reader``
-    (e.g. HellaSwag's 6-line text file), which returns ``(rows, locations)`` or None when it does not know it."""
+    """The task family's ``reader`` first (e.g. HellaSwag's 6-line text file, or training files whose rows the
+    family tags), which returns ``(rows, locations)`` or None when it does not know the file; then JSON / JSON Lines
+    through the generic reader."""
     require_file(path, what)  # before a family's reader sees it: a directory is named as one, not "does not exist"
-    special = reader(Path(path)) if reader is not None and Path(path).suffix not in (".json", ".jsonl") else None
+    special = reader(Path(path)) if reader is not None else None
     if special is not None:
         return SplitRows(special[0], special[1], f"file {path}")
     numbered = read_rows_with_lines(path)

@@ -137,6 +137,7 @@ DEPENDENT_SETTINGS = (
     DependentSetting("forgetting.", "forgetting.enabled", (True,), "override"),
     DependentSetting("trainer.val_size", "task.validation_size", (None,), "override"),
     DependentSetting("task.eval.max_new_tokens", "task.eval.protocol", ("generation",), "override", "commonsense"),
+    DependentSetting("task.train_benchmarks", "task.train_format", ("lm_eval_query",), "set", "commonsense"),
     DependentSetting("task.eval.also_loglikelihood", "task.eval.protocol", ("generation",), "override", "commonsense"),
     *(DependentSetting(f"method.init.{key}", "method.init.eigensolver", ("randomized", "auto"), "override")
       for key in ("oversample", "n_iter", "tolerance", "retry_oversample", "on_unconverged")),

@@ -18,11 +18,13 @@ formatted with the Alpaca prompt, the loss on ``output``. Two evaluation protoco
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 from astra.data.examples import Example
+from astra.data.sources import read_rows_with_lines
 from astra.tasks.base import ALPACA_PROMPT, EvalSettings, TaskFamily, item_outcomes, write_records
 from astra.tasks.commonsense_benchmarks import BENCHMARKS, CommonsenseBenchmark
 from astra.tasks.commonsense_benchmarks import benchmark as spec
@@ -48,6 +50,36 @@ def first_answer_word(benchmark: str | CommonsenseBenchmark, generation: str) ->
     return found[0] if found else None
 
 
+def lm_eval_query_example(item: dict) -> Example:
+    """A training example that teaches what log-likelihood scoring reads: lm-eval's query as the prompt and the
+    gold option's text as the target, joined by lm-eval's target delimiter " " (WinoGrande's partial form: the
+    sentence up to the blank with the gold option as the prompt, the rest of the sentence as the target)."""
+    gold = item["choices"][item["gold"]]
+    if "continuation" in item:
+        return Example(item["query"] + gold, " " + item["continuation"], item["answer_word"])
+    return Example(item["query"], " " + gold, item["answer_word"])
+
+
+def training_file_benchmark(path: Path, task_cfg: Any) -> str | None:
+    """The benchmark ``task.train_benchmarks`` names for the training file ``path`` (its place in
+    ``task.data.train``); None when no list is set or ``path`` is not one of the training files."""
+    names = task_cfg.get("train_benchmarks")
+    if not names:
+        return None
+    files = (task_cfg.get("data") or {}).get("train")
+    files = [files] if isinstance(files, str) else list(files or [])
+    if len(files) != len(names):
+        raise ValueError(f"task.train_benchmarks={list(names)} names {len(names)} benchmarks but task.data.train "
+                         f"lists {len(files)} files; expected one benchmark per training file")  # fmt: skip
+    for name in names:
+        spec(name, task_cfg)  # an unknown name fails here, naming the valid ones
+    resolved = Path(path).expanduser().resolve()
+    for file, name in zip(files, names, strict=True):
+        if Path(os.path.expanduser(str(file))).resolve() == resolved:
+            return str(name)
+    return None
+
+
 def suite_benchmarks(task_cfg: Any) -> list[str]:
     """``task.benchmarks`` of a suite task (one training, every listed benchmark scored); [] for a single benchmark."""
     return list(task_cfg.get("benchmarks") or [])
@@ -56,6 +88,13 @@ def suite_benchmarks(task_cfg: Any) -> list[str]:
 class CommonsenseFamily(TaskFamily):
     name = "commonsense"
 
+    def check_ready(self, task_cfg: Any) -> None:
+        super().check_ready(task_cfg)
+        if task_cfg.get("train_format") == "lm_eval_query" and task_cfg.eval.protocol != "loglikelihood":
+            raise ValueError(f"task.train_format=lm_eval_query teaches the options' text, which "
+                             f"task.eval.protocol={task_cfg.eval.protocol!r} does not read (it looks for the answer "
+                             "words of the llm_adapters template); use task.eval.protocol=loglikelihood")  # fmt: skip
+
     def eval_splits(self, task_cfg: Any) -> list[str]:
         return suite_benchmarks(task_cfg) or ["test"]
 
@@ -63,10 +102,24 @@ class CommonsenseFamily(TaskFamily):
         if path.suffix in (".txt", ".bz2"):
             items = read_hellaswag(path)
             return items, [f"file {path} item {k + 1} (line {6 * k + 1})" for k in range(len(items))]
+        named = training_file_benchmark(path, task_cfg) if task_cfg is not None else None
+        if named is not None:  # a training file of task.train_benchmarks: each row says which benchmark it is
+            numbered = read_rows_with_lines(path)
+            return [{**row, "benchmark": named} for _, row in numbered], [f"file {path} line {n}" for n, _ in numbered]
         return None
 
     def row_formats(self):
-        return {"llm_adapters": self._format}
+        return {"llm_adapters": self._format, "lm_eval_query": self._lm_eval_query_format}
+
+    def _lm_eval_query_format(self, row: dict, split: str, task_cfg: Any) -> Example:
+        if split != "train":
+            raise ValueError("task.format=lm_eval_query is a training format (task.train_format); "
+                             "test rows are read with task.format=llm_adapters")  # fmt: skip
+        name = row.get("benchmark") or task_cfg.get("benchmark")
+        if not name:
+            raise ValueError("task.train_format=lm_eval_query needs each row's benchmark: set task.train_benchmarks "
+                             "to one benchmark per task.data.train file (e.g. [arc_e, arc_c, obqa])")  # fmt: skip
+        return lm_eval_query_example(parse_llm_adapters_row(spec(name, task_cfg), row, "row", 0))
 
     def _format(self, row: dict, split: str, task_cfg: Any) -> Example:
         if split == "train":
