@@ -69,6 +69,9 @@ def test_a_file_mix_names_each_files_benchmark(tmp_path):
     assert [e.prompt for e in examples] == ["Question: Which gas do plants take in?\nAnswer:",
                                             "The sun is responsible for", "The sun is responsible for"]  # fmt: skip
     assert [e.answer for e in examples] == [" carbon dioxide", " plants sprouting", " plants sprouting"]
+    # a suite's scored splits are named after its benchmarks: they are read as test rows, by task.format
+    scored = get_family("commonsense").format_row(ARC_ROW, "arc_e", cfg)
+    assert scored.prompt.startswith("Below is an instruction") and scored.reference == 1
     # the default format still trains the LLM-Adapters template on the same (tagged) rows
     cfg.train_format, cfg.train_benchmarks = None, None
     assert [e.answer for e in train_examples(cfg)] == [" the correct answer is answer2"] * 3

@@ -87,7 +87,8 @@ class TaskFamily:
 
     def format_row(self, row: dict, split: str, task_cfg: Any) -> Example:
         formats = self.row_formats()
-        name = task_cfg.format if split == "test" else task_cfg.get("train_format") or task_cfg.format
+        # every split but "train" is scored (a suite's splits are named after its benchmarks): task.format
+        name = (task_cfg.get("train_format") or task_cfg.format) if split == "train" else task_cfg.format
         if name not in formats:
             raise ValueError(f"task.format={name!r} is not a {self.name} row format; valid: {sorted(formats)}")
         return formats[name](row, split, task_cfg)
