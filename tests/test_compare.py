@@ -264,13 +264,25 @@ COMPARISONS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "expe
 
 
 @pytest.mark.parametrize("experiment", COMPARISONS)
-def test_every_shipped_comparison_composes_into_a_valid_protocol(experiment):
+def test_every_shipped_comparison_composes_into_a_valid_protocol(experiment, tmp_path):
     from astra.compare.protocol import load_protocol
 
     protocol = load_protocol(experiment, [])
     assert protocol.arms and all(protocol.rates[arm] for arm in protocol.arms)
     assert len(protocol.select_seeds) >= 1 and len(protocol.test_seeds) >= 1
     assert all(a in [*protocol.arms, "untrained"] and b in [*protocol.arms, "untrained"] for a, b in protocol.contrasts)
+    # a cell of each phase passes the checks a run makes before loading anything (no setting silently ignored)
+    from astra.compare.cells import Cell
+    from astra.compare.protocol import compose
+    from astra.run.validation import check_dependent_settings, validate_run_config
+    from astra.tasks.base import get_family
+
+    for phase in ("select", "test"):
+        cell = Cell(phase, protocol.arms[0], protocol.rates[protocol.arms[0]][0], protocol.test_seeds[0])
+        cfg = compose([*cell.overrides(protocol), f"paths.output_dir={tmp_path / phase}"])  # as run_cell sets it
+        validate_run_config(cfg)
+        check_dependent_settings(cfg, cell.overrides(protocol))
+        get_family(cfg.task.family).check_ready(cfg.task)
     if experiment == "compare_qnli_worst_seed":  # the re-run differs from compare_qnli only where its config says
         base = load_protocol("compare_qnli", [])
         assert (protocol.select_statistic, base.select_statistic) == ("worst_seed", "mean")
