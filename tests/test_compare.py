@@ -161,9 +161,11 @@ def test_a_whole_small_comparison_through_the_command(tmp_path, capsys):
     assert main(["experiment=compare_smoke", *paths]) == 0
     assert "compare: 0 cells ran" in capsys.readouterr().out  # resumed: every cell read from its result
     report_dir = tmp_path / "experiments" / "paper" / "compare" / "compare_smoke"
+    first_json = (report_dir / "report.json").read_text()
     (report_dir / "report.md").unlink()
     assert main(["experiment=compare_smoke", *paths, "--phase", "report"]) == 0  # reads results, runs nothing
     assert (report_dir / "report.md").read_text() == markdown  # the same results give the same report
+    assert (report_dir / "report.json").read_text() == first_json  # seeds stay numbers after the JSON round trip
 
 
 def test_the_report_phase_runs_nothing_and_says_what_is_missing(tmp_path, capsys):

@@ -72,7 +72,7 @@ def build(protocol: Protocol, test: dict[str, dict[int, dict[str, Any]]], chosen
     report["selection"] = {  # what the rule saw: every grid's mean validation score, collapses, the choice
         "seeds": chosen.get("seeds"), "untrained": chosen.get("untrained"),
         "arms": {arm: {"chosen": d["chosen"],
-                       "rates": {key: {"mean": cell["mean"], "collapsed_seeds": sorted(cell["collapsed"]),
+                       "rates": {key: {"mean": cell["mean"], "collapsed_seeds": sorted(int(seed) for seed in cell["collapsed"]),
                                        **({"worst_seed": min(cell["scores"].values())} if statistic != "mean" else {})}
                                  for key, cell in (d.get("rates") or {}).items()}}
                  for arm, d in chosen["arms"].items()},
