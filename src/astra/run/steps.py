@@ -154,6 +154,9 @@ def apply_method(cfg: DictConfig, model: torch.nn.Module, family: TaskFamily, da
             loader = shard_loader(loader, *world())
     torch.manual_seed(cfg.seed)
     report = init_fn(model, loader, context, **extra) or {}
+    # Training's randomness (dropout, batch order) must not depend on what init did: a calibration cache miss iterates
+    # the calibration loader, and every DataLoader iterator draws from the global generator, where a hit draws nothing.
+    torch.manual_seed(cfg.seed)
     if method.peft is not None and not any(True for _ in lora_layers(model)):
         raise RuntimeError("PEFT wrapped no layer; check model.target_modules")
     model.train()
