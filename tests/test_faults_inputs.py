@@ -65,6 +65,7 @@ def violating_overrides(rule) -> tuple[list[str], list[str]]:
         "forgetting.": (["forgetting.enabled=false", "forgetting.max_windows=4"], ["forgetting.enabled=true"]),
         "trainer.val_size": (["task=qnli", "model=tiny_bert", "trainer.val_size=4"], ["task.validation_size=null"]),
         "task.eval.max_new_tokens": (["task=arc_e", "task.eval.max_new_tokens=8"], ["task.eval.protocol=generation"]),
+        "task.train_benchmarks": (["task=arc_e", "task.train_benchmarks=[arc_e]"], ["task.train_format=lm_eval_query"]),
         "task.eval.also_loglikelihood": (["task=arc_e", "task.eval.also_loglikelihood=true"],
                                          ["task.eval.protocol=generation"]),  # fmt: skip
     }
