@@ -14,17 +14,18 @@ from astra.run.validation import ConfigError, check_dependent_settings
 from astra.tasks.base import get_family
 from astra.tasks.commonsense_benchmarks import BENCHMARKS, lm_eval_config
 
-ARC_ROW = {
-    "instruction": "Please choose the correct answer to the question: Which gas do plants take in?\n\n"
-    "Answer1: oxygen Answer2: carbon dioxide Answer3: helium\n\nAnswer format: answer1/answer2/answer3",
-    "input": "", "output": "the correct answer is answer2", "answer": "answer2",
-}  # fmt: skip
-OBQA_ROW = {
-    "instruction": "Please choose the correct answer to the question: The sun is responsible for\n\n"
-    "Answer1: puppies learning Answer2: plants sprouting Answer3: rocks Answer4: rain\n\n"
-    "Answer format: answer1/answer2/answer3/answer4",
-    "input": "", "output": "the correct answer is answer2", "answer": "answer2",
-}  # fmt: skip
+
+def answer_row(question: str, options: list[str], gold: int) -> dict:
+    """An LLM-Adapters row of the "answer" layout (ARC, OBQA), written out as the files hold it."""
+    listed = " ".join(f"Answer{k + 1}: {text}" for k, text in enumerate(options))
+    words = "/".join(f"answer{k + 1}" for k in range(len(options)))
+    return {"instruction": f"Please choose the correct answer to the question: {question}\n\n{listed}\n\n"
+            f"Answer format: {words}", "input": "", "output": f"the correct answer is answer{gold + 1}",
+            "answer": f"answer{gold + 1}"}  # fmt: skip
+
+
+ARC_ROW = answer_row("Which gas do plants take in?", ["oxygen", "carbon dioxide", "helium"], 1)
+OBQA_ROW = answer_row("The sun is responsible for", ["puppies learning", "plants sprouting", "rocks", "rain"], 1)
 WINO_ROW = {
     "instruction": "Please choose the correct answer to fill in the blank to complete the given sentence: "
     "Sarah was a much better surgeon than Maria so _ always got the harder cases.\n\n"

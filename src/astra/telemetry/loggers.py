@@ -141,8 +141,8 @@ def log_summary(loggers: list[Logger], summary: Mapping[str, Any]) -> None:
 
 def finish_loggers(loggers: list[Logger], failed: bool, summary: Mapping[str, Any] | None = None) -> None:
     """Write ``summary`` (if any), finalise every logger and always call ``wandb.finish`` for W&B loggers
-    (exit code 1 when ``failed``), then ``wandb.teardown`` so the offline run file is complete. Never raises: problems are logged, so the caller's own error (if any)
-    is the one that propagates."""
+    (exit code 1 when ``failed``), then ``wandb.teardown`` so the offline run file is complete. Never raises:
+    problems are logged, so the caller's own error (if any) is the one that propagates."""
     if summary:
         try:
             log_summary(loggers, summary)
