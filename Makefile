@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
+# make test: pytest-xdist workers (one torch thread each); the suite takes about 10 CPU-minutes in all
+TEST_WORKERS ?= 2
 
 .PHONY: help install test test-slow test-gpu lint run tokenizer bench paper paper-real clean
 
@@ -15,8 +17,8 @@ install:  ## create .venv and install the package with its dev extras (torch pin
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
 	$(BIN)/python -m pip install -c constraints.txt --no-deps -r requirements-nodeps.txt
 
-test:  ## run the fast test suite (CPU, offline, temp dirs)
-	$(BIN)/python -m pytest -q
+test:  ## run the fast test suite (CPU, offline, temp dirs; TEST_WORKERS processes, one module each)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow:  ## run the slow tests too
 	$(BIN)/python -m pytest -q -m "not gpu"
