@@ -9,7 +9,8 @@ import torch
 
 from astra.calibration.distributed import ensure_process_group, shard_loader, world
 from astra.calibration.gradients import collect_weight_gradients
-from astra.calibration.moments import MomentOptions, collect_output_moments
+from astra.calibration.moment_accumulation import MomentOptions
+from astra.calibration.moments import collect_output_moments
 
 
 def calibration_setup():

@@ -10,7 +10,8 @@ from torch import nn
 
 from astra.calibration.common import NonFiniteStatisticsError, preserve_model_state
 from astra.calibration.gradients import collect_weight_gradients
-from astra.calibration.moments import MomentOptions, collect_output_moments
+from astra.calibration.moment_accumulation import MomentOptions
+from astra.calibration.moments import collect_output_moments
 from astra.methods.base import InitContext
 
 VOCAB, T = 40, 7
@@ -366,7 +367,7 @@ def test_cuda_moments_equal_cpu_moments():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_hooks_do_not_synchronise(monkeypatch):
-    import astra.calibration.moments as moments
+    import astra.calibration.moment_pass as moment_pass
 
     def synchronisation_is_an_error(fn):
         def strict(*args, **kwargs):
@@ -381,7 +382,7 @@ def test_cuda_hooks_do_not_synchronise(monkeypatch):
     rows = make_data()
     cpu, gpu = Block(bias=True), Block(bias=True).cuda()
     gpu.forward = synchronisation_is_an_error(gpu.forward)
-    monkeypatch.setattr(moments._PassState, "fold", synchronisation_is_an_error(moments._PassState.fold))
+    monkeypatch.setattr(moment_pass.PassState, "fold", synchronisation_is_an_error(moment_pass.PassState.fold))
     options = MomentOptions(center=True, mask_padding=True, dtype="float64")
     on_cpu = collect_output_moments(cpu, loader(rows, 4), block_layers(cpu), options, progress=False)
     on_gpu = collect_output_moments(gpu, loader(rows, 4), block_layers(gpu), options, progress=False)
@@ -479,10 +480,10 @@ def test_per_sample_chunks_and_batch_sizes_do_not_change_shared_moments(batch_si
 @pytest.mark.parametrize("normalize,center,mask_padding", [("signed_max", True, True), ("none", False, False)])
 def test_block_triangular_grams_equal_the_definition(monkeypatch, normalize, center, mask_padding):
     """Narrow Gram blocks (d = 6 -> 3 block rows, d = 10 -> 5) on every path: output, shared, common, single."""
-    import astra.calibration.moments as moments
+    import astra.calibration.moment_accumulation as accumulation
 
-    monkeypatch.setattr(moments, "GRAM_BLOCK", 2)
-    assert moments.gram_blocks(6) == [(0, 2), (2, 4), (4, 6)]
+    monkeypatch.setattr(accumulation, "GRAM_BLOCK", 2)
+    assert accumulation.gram_blocks(6) == [(0, 2), (2, 4), (4, 6)]
     model, rows = Block(bias=True), make_data()
     ids = torch.stack([r["input_ids"] for r in rows])
     mask = torch.stack([r["attention_mask"] for r in rows])
@@ -536,11 +537,11 @@ def no_host_reads(fn):
 
 def test_hooks_never_read_tensor_values_on_the_host(monkeypatch):
     """Forward, hooks and group folds must not synchronise with a device: no tensor value reaches Python."""
-    import astra.calibration.moments as moments
+    import astra.calibration.moment_pass as moment_pass
 
     model, rows = Block(bias=True), make_data()
     model.forward = no_host_reads(model.forward)  # every hook runs inside the forward
-    monkeypatch.setattr(moments._PassState, "fold", no_host_reads(moments._PassState.fold))  # the last group
+    monkeypatch.setattr(moment_pass.PassState, "fold", no_host_reads(moment_pass.PassState.fold))  # the last group
     for normalize, mask_padding in (("signed_max", True), ("none", False), ("abs_max", False)):
         options = MomentOptions(normalize=normalize, mask_padding=mask_padding, center=True, dtype="float64")
         result = collect_output_moments(model, loader(rows, 4), block_layers(model), options, progress=False)

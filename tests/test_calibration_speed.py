@@ -14,7 +14,8 @@ from peft import LoraConfig, get_peft_model
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from astra.calibration.common import forward_extras, lora_targets
-from astra.calibration.moments import MomentOptions, collect_output_moments, gram_blocks
+from astra.calibration.moment_accumulation import MomentOptions, gram_blocks
+from astra.calibration.moments import collect_output_moments
 from astra.models.build import tiny_llama
 
 aten = torch.ops.aten

@@ -69,7 +69,8 @@ from common import (  # noqa: E402
 from init_arms import METHODS, method_config, run_init  # noqa: E402
 
 from astra.calibration.common import adapters_disabled, forward_extras, lora_targets  # noqa: E402
-from astra.calibration.moments import MomentOptions, collect_output_moments
+from astra.calibration.moment_accumulation import MomentOptions
+from astra.calibration.moments import collect_output_moments
 
 DEFAULTS = {  # samples, tokens, rank
     "tiny": (16, 128, 16),

@@ -27,7 +27,8 @@ from astra.calibration.common import (
     scalars_to_host,
     stable_seed,
 )
-from astra.calibration.moments import FactoredMoment, MomentOptions, collect_output_moments
+from astra.calibration.moment_accumulation import MomentOptions
+from astra.calibration.moments import FactoredMoment, collect_output_moments
 from astra.methods.base import InitContext
 from astra.methods.eigensolver_policy import SolverOptions, randomized_bases, solve_chunk, solver_summary
 from astra.methods.eigensolvers import eigen_columns, eigen_problem, exact_basis
