@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from astra.compare.__main__ import main
+from astra.compare.protocol import load_protocol
 from astra.compare.selection import collapse_reason, decide, widened_rate
 from astra.report.intervals import paired_interval
 from astra.report.seed_intervals import MDD_FACTOR, item_only_interval, two_level_interval
@@ -167,6 +168,24 @@ def test_a_whole_small_comparison_through_the_command(tmp_path, capsys):
     assert (report_dir / "report.md").read_text() == markdown  # the same results give the same report
     assert (report_dir / "report.json").read_text() == first_json  # seeds stay numbers after the JSON round trip
 
+    capsys.readouterr()  # with the rates chosen, --dry-run lists the test cells (to run them elsewhere), runs nothing
+    assert main(["experiment=compare_smoke", *paths, "--phase", "test", "--dry-run"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("python run.py ")]
+    tested = {(r["method"], r["seed"]) for r in test}
+    assert len(commands) == len(tested) == 3 * (1 + sum(d["chosen"] is not None for d in chosen["arms"].values()))
+    for method, seed in tested:
+        assert sum(f"method={method} " in c and c.endswith(f" seed={seed}") for c in commands) == 1, (method, seed)
+    assert all("experiment_name=compare_smoke_test" in c for c in commands)
+
+
+def test_a_dry_run_lists_the_select_grid_and_says_the_test_cells_wait_for_the_rates(tmp_path, capsys):
+    assert main(["experiment=compare_smoke", f"paths.root_dir={tmp_path}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    protocol = load_protocol("compare_smoke", [f"paths.root_dir={tmp_path}"])
+    cells = len(protocol.select_seeds) * (protocol.untrained + sum(len(protocol.rates[arm]) for arm in protocol.arms))
+    assert sum(line.startswith("python run.py ") for line in out.splitlines()) == cells
+    assert "run --phase select first" in out and not (tmp_path / "experiments").exists()  # nothing ran
+
 
 def test_the_report_phase_runs_nothing_and_says_what_is_missing(tmp_path, capsys):
     assert main(["experiment=compare_smoke", f"paths.root_dir={tmp_path}", "--phase", "report"]) == 1
@@ -267,8 +286,6 @@ COMPARISONS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "expe
 
 @pytest.mark.parametrize("experiment", COMPARISONS)
 def test_every_shipped_comparison_composes_into_a_valid_protocol(experiment, tmp_path):
-    from astra.compare.protocol import load_protocol
-
     protocol = load_protocol(experiment, [])
     assert protocol.arms and all(protocol.rates[arm] for arm in protocol.arms)
     assert len(protocol.select_seeds) >= 1 and len(protocol.test_seeds) >= 1

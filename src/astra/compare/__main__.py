@@ -14,7 +14,9 @@ Runs a comparison end to end, by the protocol its experiment config writes down 
 Every cell is an ordinary run (its result file under <results_dir>/<experiment_name>_select or _test); a cell whose
 ok result exists is read, not run again, so the same command resumes an interrupted comparison. Any other
 key=value is a Hydra override applied to every cell (e.g. data_root=../shared/data). --dry-run prints each cell's
-run.py command instead (to run them elsewhere, e.g. as a SLURM array; then run this command to read them back).
+run.py command instead (to run them elsewhere, e.g. as a SLURM array or side by side; then run this command to read
+them back): the select phase's grid (a widened rate is known only once the grid's cells are read), and the test
+phase's cells once the select phase has written the chosen rates.
 Exit code 0 when the phase finished, 1 when a cell failed (the others still ran; rerun to retry it).
 """
 
@@ -174,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
             for path in written:
                 print(f"report: {path}")
     elif args.dry_run and args.phase in ("test", "all"):
-        print("(the test phase's cells depend on the rates the select phase chooses)")
+        if protocol.chosen_rates_file.is_file():  # the rates are chosen: the test cells are known
+            print(f"test: at the rates of {protocol.chosen_rates_file}")
+            test(session, read_chosen(protocol))
+        else:
+            print(f"test: its cells depend on the rates the select phase chooses ({protocol.chosen_rates_file} does "
+                  "not exist yet): run --phase select first")  # fmt: skip
     if session.failed:
         print("\n".join(["", "failed cells:", *session.failed]), file=sys.stderr)
         return 1
