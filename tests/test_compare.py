@@ -185,6 +185,10 @@ def test_a_dry_run_lists_the_select_grid_and_says_the_test_cells_wait_for_the_ra
     cells = len(protocol.select_seeds) * (protocol.untrained + sum(len(protocol.rates[arm]) for arm in protocol.arms))
     assert sum(line.startswith("python run.py ") for line in out.splitlines()) == cells
     assert "run --phase select first" in out and not (tmp_path / "experiments").exists()  # nothing ran
+    protocol.chosen_rates_file.parent.mkdir(parents=True)
+    protocol.chosen_rates_file.write_text('{"arms": {', encoding="utf-8")  # a file cut short
+    assert main(["experiment=compare_smoke", f"paths.root_dir={tmp_path}", "--phase", "test", "--dry-run"]) == 1
+    assert "chosen_rates.json is not readable JSON" in capsys.readouterr().err
 
 
 def test_the_report_phase_runs_nothing_and_says_what_is_missing(tmp_path, capsys):

@@ -124,7 +124,10 @@ def read_chosen(protocol: Protocol) -> dict[str, Any]:
     path = protocol.chosen_rates_file
     if not path.is_file():
         raise ProtocolError(f"{path} does not exist: run the select phase first (--phase select, or --phase all)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"{path} is not readable JSON ({exc}): rerun --phase select to write it again") from exc
 
 
 def test(session: Session, chosen: dict[str, Any]) -> dict[str, dict[int, dict[str, Any]]] | None:
@@ -178,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.dry_run and args.phase in ("test", "all"):
         if protocol.chosen_rates_file.is_file():  # the rates are chosen: the test cells are known
             print(f"test: at the rates of {protocol.chosen_rates_file}")
-            test(session, read_chosen(protocol))
+            try:
+                test(session, read_chosen(protocol))
+            except ProtocolError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
         else:
             print(f"test: its cells depend on the rates the select phase chooses ({protocol.chosen_rates_file} does "
                   "not exist yet): run --phase select first")  # fmt: skip
