@@ -28,6 +28,39 @@ def per_item_outcomes(result: dict[str, Any], column: str | None = None) -> dict
     return {str(i): float(c) for i, c in zip(items.get("ids", []), items.get("correct", []))}
 
 
+def _part(item_id: str) -> str:
+    """The part an item id names: ``arc_e-17`` -> ``arc_e`` (the commonsense suite's ids); an id without a part
+    is its own whole."""
+    return item_id.rsplit("-", 1)[0] if "-" in item_id else ""
+
+
+def metric_item_groups(test: dict[str, dict[int, dict[str, Any]]], metric: str,
+                       column: str | None) -> dict[str, str] | None:  # fmt: skip
+    """How ``metric`` weights the items, proved on every test cell: None when it is the plain mean of the per-item
+    outcomes, item id -> part when it is the mean of the parts' means (each part weighted alike, e.g. the
+    commonsense suite's mean of three benchmarks). A contrast's interval is then of the number the table prints.
+    Raises when neither reproduces a cell's metric: an interval of another quantity would be silently wrong."""
+    plain, by_part, groups = True, True, {}
+    for row, by_seed in test.items():
+        for seed, result in by_seed.items():
+            outcomes = per_item_outcomes(result, column)
+            if not outcomes or metric not in result["metrics"]:
+                continue
+            value = result["metrics"][metric]
+            parts: dict[str, list[float]] = {}
+            for item, outcome in outcomes.items():
+                groups[item] = _part(item)
+                parts.setdefault(groups[item], []).append(outcome)
+            plain = plain and abs(fmean(outcomes.values()) - value) <= 1e-9
+            by_part = by_part and abs(fmean(fmean(p) for p in parts.values()) - value) <= 1e-9
+            if not (plain or by_part):
+                raise ProtocolError(
+                    f"row {row} seed {seed}: its {metric} ({value}) is neither the mean of its {len(outcomes)} per-item "
+                    "outcomes nor the mean of its parts' means, so the contrast intervals (computed from the per-item "
+                    "outcomes) would not be of the number in the table; compare a metric that is an item mean")
+    return None if plain else groups
+
+
 def _column(protocol: Protocol, test: dict[str, dict[int, dict[str, Any]]], chosen: dict[str, Any], metric: str,
             column: str | None) -> dict[str, Any]:  # fmt: skip
     """Rows (per-seed values, mean, sd) and contrasts (two-level and item-only intervals) of one metric."""
@@ -41,7 +74,7 @@ def _column(protocol: Protocol, test: dict[str, dict[int, dict[str, Any]]], chos
                      "per_seed": scores, "mean": fmean(scores.values()),
                      "sd": stdev(scores.values()) if len(scores) > 1 else None,
                      "items": len(per_item_outcomes(next(iter(by_seed.values())), column))}  # fmt: skip
-    contrasts = []
+    contrasts, groups = [], metric_item_groups(test, metric, column)
     for a, b in protocol.contrasts:
         entry: dict[str, Any] = {"a": a, "b": b}
         if a not in test or b not in test:
@@ -50,13 +83,13 @@ def _column(protocol: Protocol, test: dict[str, dict[int, dict[str, Any]]], chos
             outcomes_a = {s: per_item_outcomes(r, column) for s, r in test[a].items()}
             outcomes_b = {s: per_item_outcomes(r, column) for s, r in test[b].items()}
             two_level, item_only = (
-                two_level_interval(outcomes_a, outcomes_b),
-                item_only_interval(outcomes_a, outcomes_b),
+                two_level_interval(outcomes_a, outcomes_b, groups=groups),
+                item_only_interval(outcomes_a, outcomes_b, groups=groups),
             )
             entry["two_level"] = two_level.as_dict() if two_level else None
             entry["item_only"] = item_only.as_dict() if item_only else None
         contrasts.append(entry)
-    return {"rows": rows, "contrasts": contrasts}
+    return {"rows": rows, "contrasts": contrasts, **({"item_parts": sorted(set(groups.values()))} if groups else {})}
 
 
 def build(protocol: Protocol, test: dict[str, dict[int, dict[str, Any]]], chosen: dict[str, Any]) -> dict[str, Any]:
@@ -183,6 +216,11 @@ def markdown(report: dict[str, Any], protocol: Protocol) -> str:
               "comparison; shown for reference). Minimum detectable difference: (1.96 + 0.84) x the two-level "
               "bootstrap standard error, the true difference this design would detect four times in five at "
               "alpha = 0.05."]  # fmt: skip
+    if report.get("item_parts"):
+        lines += ["", f"Items weighted as `{report['metric']}` weights them: it is the mean of the parts' scores "
+                  f"({', '.join(report['item_parts'])}), each part counted alike whatever its size, so a contrast's "
+                  "difference is the difference of the table's means, and both bootstraps redraw each part's items "
+                  "within that part."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
