@@ -18,13 +18,16 @@ def scaled(rate: Any, factor: Any) -> float:
 
 
 def learning_rate_source(cfg: DictConfig) -> str:
-    """A short account of how ``optim.lr`` was set, for the console and the result file."""
+    """A short account of how ``optim.lr`` was set (and the head's own rate, if any), for the console and the
+    result file."""
+    head_lr = cfg.optim.get("head_lr")
+    head = f"; the classification head at optim.head_lr {float(head_lr):.3g}" if head_lr is not None else ""
     raw = OmegaConf.to_container(cfg.optim, resolve=False).get("lr")
     if isinstance(raw, str) and SCALED_RESOLVER in raw:
-        return f"model.lr {float(cfg.model.lr):.3g} x method.lr_scale {float(cfg.method.lr_scale):g}"
+        return f"model.lr {float(cfg.model.lr):.3g} x method.lr_scale {float(cfg.method.lr_scale):g}" + head
     if isinstance(raw, str):
-        return f"optim.lr: {raw}"  # an experiment's own rule, e.g. ${glue_lr.${method.name}} or ${model.lr}
-    return "optim.lr given"
+        return f"optim.lr: {raw}" + head  # an experiment's own rule, e.g. ${glue_lr.${method.name}} or ${model.lr}
+    return "optim.lr given" + head
 
 
 def learning_rate_facts(cfg: DictConfig) -> dict[str, Any]:

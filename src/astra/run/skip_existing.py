@@ -61,6 +61,7 @@ DERIVED_INPUTS = (("method", "lr_scale"), ("eigensolver",))
 UNHASHED_DEFAULTS = {
     ("model", "min_train_steps"): None,
     ("task", "eval", "also_loglikelihood"): False,  # commonsense: the second, log-likelihood column (off)
+    ("optim", "head_lr"): None,  # classification: the head trains at optim.lr, as before the setting
 }
 
 

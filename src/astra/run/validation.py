@@ -79,6 +79,14 @@ def validate_run_config(cfg: DictConfig) -> None:
         )
     number_in(cfg, "optim.weight_decay", 0.0, math.inf)
     number_in(cfg, "optim.warmup_ratio", 0.0, 1.0)
+    if _value(cfg, "optim.head_lr") is not None and _value(cfg, "method.trains") is not False:  # untrained: no rate applies
+        positive_finite(cfg, "optim.head_lr")
+        if _value(cfg, "method.peft") is None or _value(cfg, "task.family") != "glue":
+            raise ConfigError(
+                f"optim.head_lr={_value(cfg, 'optim.head_lr')!r} is the classification head's own rate beside an "
+                f"adapter's: method={_value(cfg, 'method.name')} task={_value(cfg, 'task.name')} has no such pair (it "
+                "needs an adapter method and a classification task, e.g. method=lora task=qnli); set "
+                "optim.head_lr=null")
     positive_int(cfg, "trainer.batch_size")
     positive_int(cfg, "trainer.lightning.accumulate_grad_batches")
     positive_int(cfg, "trainer.eval_limit", optional=True)

@@ -57,6 +57,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+# PEFT keeps a trainable copy of each fully trained module (the new classifier, BERT's pooler) under this name.
+HEAD_MARKER = ".modules_to_save."
+
+
 class CausalLMModule(pl.LightningModule):
     """Next-token loss on prompt-masked labels; AdamW over trainable parameters; cosine schedule.
 
@@ -125,12 +129,26 @@ class CausalLMModule(pl.LightningModule):
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
         return loss
 
-    def configure_optimizers(self):
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        if not parameters:
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """One group at ``optim.lr``; with ``optim.head_lr``, the classification head (PEFT's ``modules_to_save``
+        copies: the new classifier and the model's ``head_modules``) in a second group at that rate, so an arm's
+        tuned rate moves its adapters and not how fast a freshly initialised head learns."""
+        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        if not named:
             raise RuntimeError("the model has no trainable parameters; check method.peft.target_modules")
+        head_lr = self.optim.get("head_lr")
+        if head_lr is None:
+            return [{"params": [p for _, p in named]}]
+        head = [p for name, p in named if HEAD_MARKER in name]
+        rest = [p for name, p in named if HEAD_MARKER not in name]
+        if not head or not rest:
+            raise RuntimeError(f"optim.head_lr={head_lr} needs an adapter and a separately trained head; this model "
+                               f"has {len(head)} head and {len(rest)} other trainable tensors (set optim.head_lr=null)")  # fmt: skip
+        return [{"params": rest}, {"params": head, "lr": float(head_lr)}]
+
+    def configure_optimizers(self):
         optimizer = torch.optim.AdamW(
-            parameters,
+            self.parameter_groups(),
             lr=self.optim.lr,
             weight_decay=self.optim.weight_decay,
             betas=tuple(self.optim.betas),
