@@ -285,6 +285,25 @@ def test_the_report_shows_what_the_rule_saw():
     assert any("(best worst-seed validation score" in line for line in lines)
 
 
+def test_many_seeds_are_shown_one_line_each_with_the_same_numbers():
+    """Up to WIDE_SEEDS a row per arm (a column per seed); beyond it the table turns: a line per seed, a column per
+    arm with its rate, mean and sd last; the numbers are the same either way."""
+    from astra.compare.report import WIDE_SEEDS, _rows_table
+
+    def rows(n):
+        return {"untrained": {"rate": None, "per_seed": {s: 0.5 for s in range(n)}, "mean": 0.5, "sd": 0.0},
+                "lora": {"rate": 1e-3, "per_seed": {s: 0.7 + s / 1000 for s in range(n)}, "mean": 0.75, "sd": 0.021}}
+
+    narrow = _rows_table(rows(WIDE_SEEDS), {})
+    assert narrow[0].startswith("| row | rate | seed 0 |") and len(narrow) == 4
+    assert narrow[3].startswith("| lora | 0.001 | 70.0 | 70.1 |") and narrow[3].endswith("| 75.0 | 2.1 |")
+    wide = _rows_table(rows(WIDE_SEEDS + 2), {"pissa": "every rate collapsed"})
+    assert wide[0] == "| seed | untrained (untrained) | lora (0.001) |"
+    assert wide[2] == "| 0 | 50.0 | 70.0 |" and wide[2 + WIDE_SEEDS + 1] == "| 11 | 50.0 | 71.1 |"
+    assert wide[-4:] == ["| **mean** | **50.0** | **75.0** |", "| **sd** | **0.0** | **2.1** |", "",
+                         "pissa: excluded: every rate collapsed"]
+
+
 COMPARISONS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("compare_*.yaml"))
 
 

@@ -134,8 +134,13 @@ def _interval(entry: dict[str, Any] | None) -> str:
     return f"{100 * entry['difference']:+.1f} [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}]"
 
 
+WIDE_SEEDS = 10  # more seeds than this: one line per seed (a row per arm would be too wide to read)
+
+
 def _rows_table(rows: dict[str, Any], excluded: dict[str, str]) -> list[str]:
     seeds = sorted({seed for row in rows.values() for seed in row["per_seed"]})
+    if len(seeds) > WIDE_SEEDS:
+        return _rows_table_by_seed(rows, excluded, seeds)
     lines = ["| row | rate | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd |",
              "|---|---|" + "---|" * len(seeds) + "---|---|"]  # fmt: skip
     for name, row in rows.items():
@@ -146,6 +151,20 @@ def _rows_table(rows: dict[str, Any], excluded: dict[str, str]) -> list[str]:
         )
     for arm, why in excluded.items():
         lines.append(f"| {arm} | - | " + " | ".join("-" for _ in seeds) + f" | excluded: {why} | |")
+    return lines
+
+
+def _rows_table_by_seed(rows: dict[str, Any], excluded: dict[str, str], seeds: list[int]) -> list[str]:
+    """The same numbers as :func:`_rows_table`, transposed: a column per row (its rate in the header)."""
+    names = list(rows)
+    header = [f"{name} ({'untrained' if rows[name]['rate'] is None else rate_key(rows[name]['rate'])})" for name in names]
+    lines = ["| seed | " + " | ".join(header) + " |", "|---|" + "---|" * len(names)]
+    for seed in seeds:
+        lines.append(f"| {seed} | " + " | ".join(_points(rows[name]["per_seed"].get(seed)) for name in names) + " |")
+    for label, key in (("**mean**", "mean"), ("**sd**", "sd")):
+        lines.append(f"| {label} | " + " | ".join(f"**{_points(rows[name][key])}**" for name in names) + " |")
+    if excluded:
+        lines += ["", *(f"{arm}: excluded: {why}" for arm, why in excluded.items())]
     return lines
 
 
