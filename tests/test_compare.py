@@ -191,6 +191,26 @@ def test_a_dry_run_lists_the_select_grid_and_says_the_test_cells_wait_for_the_ra
     assert "chosen_rates.json is not readable JSON" in capsys.readouterr().err
 
 
+def test_the_test_phase_tests_compare_arms_only_and_refuses_an_arm_without_a_chosen_rate(tmp_path, capsys):
+    """compare.arms narrowed after selection: the arms it leaves out are not tested, and the console says so; an arm
+    the chosen-rates file lacks is an error naming it, not a silently smaller comparison."""
+    paths = [f"paths.root_dir={tmp_path}"]
+    protocol = load_protocol("compare_smoke", paths)
+    protocol.chosen_rates_file.parent.mkdir(parents=True)
+    arms = {"lora": {"chosen": 1e-3}, "astra": {"chosen": 3e-4}, "head_only": {"chosen": None}}
+    protocol.chosen_rates_file.write_text(json.dumps({"arms": arms}), encoding="utf-8")
+    narrowed = ["compare.arms=[astra]", "compare.contrasts=[[astra,untrained]]"]
+    assert main(["experiment=compare_smoke", *paths, *narrowed, "--phase", "test", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    commands = [line for line in out.splitlines() if line.startswith("python run.py ")]
+    assert {c.split(" method=")[1].split()[0] for c in commands} == {"astra", "untrained"}
+    assert len(commands) == 2 * len(protocol.test_seeds)
+    assert "left out: lora, head_only (in chosen_rates.json, not in compare.arms)" in out
+    assert main(["experiment=compare_smoke", *paths, "compare.arms=[lora,pissa]", "compare.contrasts=[[pissa,lora]]",
+                 "--phase", "test", "--dry-run"]) == 1  # fmt: skip
+    assert "compare.arms has ['pissa'], which" in capsys.readouterr().err
+
+
 def test_the_report_phase_runs_nothing_and_says_what_is_missing(tmp_path, capsys):
     assert main(["experiment=compare_smoke", f"paths.root_dir={tmp_path}", "--phase", "report"]) == 1
     assert "run the select phase first" in capsys.readouterr().err

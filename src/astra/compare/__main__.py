@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from astra.run import console
@@ -125,9 +126,23 @@ def read_chosen(protocol: Protocol) -> dict[str, Any]:
     if not path.is_file():
         raise ProtocolError(f"{path} does not exist: run the select phase first (--phase select, or --phase all)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        chosen = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"{path} is not readable JSON ({exc}): rerun --phase select to write it again") from exc
+    return for_arms(chosen, protocol, path)
+
+
+def for_arms(chosen: dict[str, Any], protocol: Protocol, path: Path) -> dict[str, Any]:
+    """The chosen rates of compare.arms alone: an arm the file lacks is an error (select has not run for it); an
+    arm the file has beyond compare.arms is left out, and said so (never tested or reported behind the user's back)."""
+    missing = [arm for arm in protocol.arms if arm not in chosen["arms"]]
+    if missing:
+        raise ProtocolError(f"compare.arms has {missing}, which {path} has no chosen rate for (it has "
+                            f"{sorted(chosen['arms'])}): run --phase select to choose their rates")  # fmt: skip
+    left_out = [arm for arm in chosen["arms"] if arm not in protocol.arms]
+    if left_out:
+        print(f"left out: {', '.join(left_out)} (in {path.name}, not in compare.arms)", flush=True)
+    return {**chosen, "arms": {arm: d for arm, d in chosen["arms"].items() if arm in protocol.arms}}
 
 
 def test(session: Session, chosen: dict[str, Any]) -> dict[str, dict[int, dict[str, Any]]] | None:
