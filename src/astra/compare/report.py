@@ -157,7 +157,7 @@ def _rows_table(rows: dict[str, Any], excluded: dict[str, str]) -> list[str]:
 def _rows_table_by_seed(rows: dict[str, Any], excluded: dict[str, str], seeds: list[int]) -> list[str]:
     """The same numbers as :func:`_rows_table`, transposed: a column per row (its rate in the header)."""
     names = list(rows)
-    header = [f"{name} ({'untrained' if rows[name]['rate'] is None else rate_key(rows[name]['rate'])})" for name in names]
+    header = [name if rows[name]["rate"] is None else f"{name} ({rate_key(rows[name]['rate'])})" for name in names]
     lines = ["| seed | " + " | ".join(header) + " |", "|---|" + "---|" * len(names)]
     for seed in seeds:
         lines.append(f"| {seed} | " + " | ".join(_points(rows[name]["per_seed"].get(seed)) for name in names) + " |")
