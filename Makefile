@@ -45,7 +45,7 @@ bench:  ## run the benchmarks (tables printed, JSON under experiments/bench/resu
 paper:  ## tables and figures from experiments/results into experiments/paper (ARGS="--filter experiment=nlg_math")
 	$(BIN)/python -m astra.report $(ARGS)
 
-PUBLISHED_COMPARISONS ?= compare_qnli compare_qnli_worst_seed compare_qnli_head_rate compare_commonsense
+PUBLISHED_COMPARISONS ?= compare_qnli compare_qnli_worst_seed compare_qnli_head_rate compare_qnli_head_rate_all compare_commonsense
 
 paper-real:  ## the published comparisons' reports (experiments/paper/compare/) and the superseded first comparison
 	for name in $(PUBLISHED_COMPARISONS); do $(BIN)/python -m astra.compare experiment=$$name --phase report || exit 1; done

@@ -238,6 +238,11 @@ def test_the_report_flags_test_cells_from_more_than_one_code_version():
     assert "more than one code version" in text
     report["test_commits"] = code_versions(runs[:1])
     assert "more than one code version" not in markdown(report, SimpleNamespace(chosen_rates_file=Path("c.json")))
+    assert "shared with" not in text
+    report["cells_of"] = "y"  # a comparison reading another experiment_name's cells is named by its own config
+    shared = markdown(report, SimpleNamespace(chosen_rates_file=Path("c.json")))
+    assert shared.startswith("# Comparison `x`") and "Its cells are shared with `y`" in shared
+
 
 
 def test_a_second_column_is_reported_from_the_cells_secondary_items():
@@ -256,7 +261,7 @@ def test_a_second_column_is_reported_from_the_cells_secondary_items():
 
     test = {"lora": {0: result([1, 0, 1, 0], [1, 1, 0, 0]), 1: result([1, 1, 1, 0], [1, 0, 0, 0])},
             "astra": {0: result([1, 1, 1, 0], [1, 1, 1, 0]), 1: result([0, 1, 1, 0], [1, 1, 0, 0])}}  # fmt: skip
-    protocol = SimpleNamespace(name="x", metric="accuracy", contrasts=[("astra", "lora")], chosen_rates_file=Path("c.json"),
+    protocol = SimpleNamespace(experiment="x", name="x", metric="accuracy", contrasts=[("astra", "lora")], chosen_rates_file=Path("c.json"),
                                secondary_metrics=["loglikelihood_accuracy"])  # fmt: skip
     chosen = {"arms": {"lora": {"chosen": 1e-3}, "astra": {"chosen": 3e-4}}}
     report = build(protocol, test, chosen)
@@ -285,9 +290,14 @@ def test_the_report_shows_what_the_rule_saw():
               "arms": {"lora": {"chosen": 1e-3, "rates": rates(**{"0.0001": (0.513, []), "0.001": (0.791, []),
                                                                   "0.003": (0.476, ["0", "1"])})},
                        "head_only": {"chosen": None, "rates": rates(**{"0.001": (0.49, ["1"])})}}}  # fmt: skip
-    protocol = SimpleNamespace(name="x", metric="accuracy", contrasts=[], chosen_rates_file=Path("c.json"),
+    protocol = SimpleNamespace(experiment="x", name="x", metric="accuracy", contrasts=[],
+                               chosen_rates_file=Path("c.json"),
                                secondary_metrics=[])  # fmt: skip
-    lines = markdown(build(protocol, {}, chosen), protocol).splitlines()
+    report = build(protocol, {}, chosen)
+    assert report["experiment"] == "x" and "cells_of" not in report
+    shared = build(SimpleNamespace(**{**vars(protocol), "experiment": "x_all"}), {}, chosen)  # reads x's cells
+    assert (shared["experiment"], shared["cells_of"]) == ("x_all", "x")
+    lines = markdown(report, protocol).splitlines()
     assert "| arm | 0.0001 | 0.001 | 0.003 | chosen |" in lines
     assert "| lora | 51.3 | **79.1** | 47.6* | 0.001 |" in lines
     assert "| head_only |  | 49.0* |  | none (every rate collapsed) |" in lines

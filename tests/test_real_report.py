@@ -5,6 +5,7 @@ tables (issue 11, experiments/paper/superseded/first_comparison/)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def test_published_comparison_reports_regenerate_from_the_committed_results(name
     status = main([f"experiment={name}", "--phase", "report", f"compare.report_dir={tmp_path / 'report'}",
                    f"paths.results_dir={ROOT / 'experiments' / 'results'}", f"paths.log_dir={tmp_path / 'logs'}"])  # fmt: skip
     assert status == 0
+    regenerated_json = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
+    assert regenerated_json["experiment"] == name  # named by its config, also where it reads another's cells
     for file in ("report.md", "report.json"):
         regenerated = (tmp_path / "report" / file).read_text(encoding="utf-8")
         assert regenerated == (published / file).read_text(encoding="utf-8"), f"{name}/{file}: run `make paper-real`"

@@ -97,7 +97,9 @@ def build(protocol: Protocol, test: dict[str, dict[int, dict[str, Any]]], chosen
     primary = _column(protocol, test, chosen, protocol.metric, None)
     excluded = {arm: "every rate collapsed in selection" for arm, d in chosen["arms"].items() if d["chosen"] is None}
     statistic = chosen.get("statistic", "mean")  # chosen-rates files written before select.statistic: the mean
-    report = {"experiment": protocol.name, "metric": protocol.metric, "rule": rule_text(statistic), **primary,
+    # Named by its experiment config; a comparison may read another's cells (experiment_name), and says so.
+    shared = {} if protocol.experiment == protocol.name else {"cells_of": protocol.name}
+    report = {"experiment": protocol.experiment, **shared, "metric": protocol.metric, "rule": rule_text(statistic), **primary,
               "excluded": excluded, "bootstrap_samples": BOOTSTRAP_SAMPLES,
               "test_commits": code_versions(r for s in test.values() for r in s.values())}  # fmt: skip
     if protocol.secondary_metrics:
@@ -215,10 +217,12 @@ def _selection_table(selection: dict[str, Any] | None) -> list[str]:
 
 
 def markdown(report: dict[str, Any], protocol: Protocol) -> str:
+    shared = (f" Its cells are shared with `{report['cells_of']}` (its experiment_name: result folders "
+              f"`{report['cells_of']}_select`, `_test`)." if "cells_of" in report else "")
     lines = [f"# Comparison `{report['experiment']}`: {report['metric']} x 100 on the test rows", "",
              f"Rates chosen on the validation rows by the rule written in the experiment before the runs ({report['rule']}); "
              f"the choices and every selection cell: `{protocol.chosen_rates_file.name}`. "
-             f"Code (git, at each process start): {', '.join(report['test_commits'])}."
+             f"Code (git, at each process start): {', '.join(report['test_commits'])}.{shared}"
              + (" **The test cells ran from more than one code version: a comparison's cells should come from one "
                 "commit (run it from a git worktree at a fixed commit).**" if len(report["test_commits"]) > 1 else ""),
              "", *_rows_table(report["rows"], report["excluded"]),
